@@ -1,0 +1,1 @@
+"""Command-line verbs of ``mmhvae`` (see :mod:`mmhvae.cli`)."""

@@ -1,0 +1,387 @@
+"""Typed configuration: dataclasses serialized to YAML, presets, command-line overrides.
+
+Every run writes its resolved :class:`ExperimentConfig` as ``config.yaml`` next to its checkpoints,
+so any result can be reproduced from its folder. Nothing in the model or trainer hard-codes modality
+names, image sizes or step counts: the paper's setup is the ``paper`` preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the key and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the hierarchical multimodal VAE (DESIGN §1).
+
+    Spatial stage ``s`` (0-based, finest first) works at resolution ``image_size / 2**s``. Stage ``s``
+    carries a latent group with ``latent_channels[s]`` channels, or none when it is 0 (the depth
+    ablation of paper Table 2 removes groups this way while keeping the network depth). The coarsest
+    latent ``z_L`` is always a vector of ``top_latent_dim`` elements, encoded from the features at
+    resolution ``image_size / 2**len(channels)``. The number of latent groups is
+    ``L = 1 + #{s : latent_channels[s] > 0}``.
+    """
+
+    modalities: list[str] = field(default_factory=lambda: ["us", "t2", "cet1", "flair"])
+    method: str = "mmhvae"  # model family; baselines register other names (DESIGN §2)
+    image_size: int = 192
+    in_channels: int = 1
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64, 128, 128])
+    latent_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 64, 64])
+    top_channels: int = 128
+    top_latent_dim: int = 256
+    encoder_cells: int = 1
+    decoder_cells: int = 1
+    expand_ratio: int = 6
+    depthwise_kernel: int = 5
+    head_blocks: int = 5
+    head_channels: int = 8
+    se_reduction: int = 8
+    logvar_clamp: float = 8.0
+    mean_clamp: float = 20.0
+    fusion: str = "poe"  # "poe" (paper eq. 13-14) | "average" (HeMIS-style ablation) | "concat"
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def num_levels(self) -> int:
+        return 1 + sum(1 for c in self.latent_channels if c > 0)
+
+    def validate(self) -> None:
+        if len(self.modalities) < 1:
+            raise ConfigError("model.modalities: at least one modality is required")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"model.modalities: duplicate names in {self.modalities}")
+        if len(self.channels) != len(self.latent_channels):
+            raise ConfigError(
+                "model.channels and model.latent_channels must have the same length "
+                f"(one entry per spatial stage), got {len(self.channels)} and {len(self.latent_channels)}"
+            )
+        if len(self.channels) < 1:
+            raise ConfigError("model.channels: at least one spatial stage is required")
+        div = 2 ** len(self.channels)
+        if self.image_size % div != 0:
+            raise ConfigError(
+                f"model.image_size={self.image_size} must be divisible by 2**len(channels)={div}"
+            )
+        if any(c <= 0 for c in self.channels) or self.top_channels <= 0 or self.top_latent_dim <= 0:
+            raise ConfigError("model.channels, top_channels and top_latent_dim must be positive")
+        if any(c < 0 for c in self.latent_channels):
+            raise ConfigError("model.latent_channels must be >= 0 (0 = no latent at that stage)")
+        if self.fusion not in ("poe", "average", "concat"):
+            raise ConfigError(f"model.fusion must be poe, average or concat, got {self.fusion!r}")
+
+
+@dataclass
+class DataConfig:
+    """Cohort, harmonization and slicing (DESIGN §3)."""
+
+    cohort: str = ""  # manifest CSV or folder (BraTS-style convention)
+    modality_aliases: dict[str, str] = field(default_factory=dict)  # file suffix -> modality name
+    slice_axis: int = 2
+    harmonization: str = "wm-median"  # "wm-median" | "percentile" | "none"
+    wm_targets: dict[str, float] = field(
+        default_factory=lambda: {"t2": 1 / 7, "cet1": 1 / 5, "flair": 1 / 3, "t1": 1 / 5}
+    )
+    minmax_modalities: list[str] = field(default_factory=lambda: ["us"])
+    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    crop_to_modality: str = ""  # e.g. "us": crop MR to the ultrasound field of view
+    foreground_only: bool = True
+    min_foreground_fraction: float = 0.05
+    balance_patterns: bool = False
+    augment: bool = False
+    num_workers: int = 0
+    cache_dir: str = ""
+
+
+@dataclass
+class GanConfig:
+    loss: str = "lsgan"  # "lsgan" | "hinge" | "wasserstein" (paper eq. 15)
+    weight: float = 0.025  # lambda_GAN
+    start_fraction: float = 0.8  # lambda_GAN = 0 before this fraction of training (paper: last 20%)
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    channels: int = 32
+    layers: int = 3
+    memory_size: int = 64  # per-modality memory of real images (paper's m_j)
+
+
+@dataclass
+class TrainConfig:
+    """Algorithm 1 and its optimisation (DESIGN §1)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    draws: int = 3  # T subsets r' per step
+    subset_policy: str = "paper"  # "paper" | "uniform" | "size-uniform" | "weights"
+    subset_groups: dict[str, list[str]] = field(
+        default_factory=lambda: {"anchor": ["us"]}
+    )  # for the "paper" policy: named groups drawn alone with prob 1/3
+    subset_weights: dict[str, float] = field(default_factory=dict)  # "t2+us": w, for "weights"
+    reconstruction: str = "mse"  # "mse" | "l1"
+    kl_weight: float = 1e-3
+    kl_warmup_fraction: float = 0.0
+    optimizer: str = "adamax"
+    lr: float = 2e-3
+    lr_min: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 200.0
+    gan: GanConfig = field(default_factory=GanConfig)
+    use_gan: bool = True
+    seed: int = 0
+    checkpoint_every: int = 200
+    validate_every: int = 200
+    val_subjects: int = 4
+    log_every: int = 10
+    amp: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
+    device: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    temperature: float = 0.5
+    data_range: float = 0.0  # 0: per-volume max of the ground truth; else a fixed range
+    ssim_3d: bool = True
+    lpips: bool = True
+    batch_size: int = 16
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "mmhvae"
+
+    def validate(self) -> "ExperimentConfig":
+        self.model.validate()
+        return self
+
+    # --- YAML -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        from mmhvae.atomic import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        return from_dict(cls, data, "").validate()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed construction from plain dicts
+# --------------------------------------------------------------------------------------------------
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(kt, k, key): _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types by name."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s) {sorted(where + u for u in unknown)}; valid keys: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    return cls(**kwargs)
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) and re-validate."""
+    data = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=500")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"override {item!r}: unknown key {key!r}")
+            node = node[part]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"override {item!r}: unknown key {key!r}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return ExperimentConfig.from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------
+
+
+def _paper() -> ExperimentConfig:
+    """The paper's configuration (TPAMI 2025 §4): 192², L = 7, M = 4, 1000 epochs, B = 16."""
+    cfg = ExperimentConfig(name="paper")
+    cfg.model = ModelConfig(
+        modalities=["us", "t2", "cet1", "flair"],
+        image_size=192,
+        channels=[16, 32, 64, 64, 128, 128],
+        latent_channels=[8, 16, 32, 64, 64, 64],
+        top_channels=128,
+        top_latent_dim=256,
+        head_blocks=5,
+        head_channels=8,
+    )
+    cfg.train = TrainConfig(steps=100_000, batch_size=16, draws=3, kl_weight=1e-3)
+    return cfg
+
+
+def _small() -> ExperimentConfig:
+    """CPU-trainable in minutes: 64², L = 4, the same modalities as the built-in cohort."""
+    cfg = ExperimentConfig(name="small")
+    cfg.model = ModelConfig(
+        modalities=["us", "t2", "cet1", "flair"],
+        image_size=64,
+        channels=[16, 24, 32, 48],
+        latent_channels=[4, 8, 0, 16],
+        top_channels=64,
+        top_latent_dim=64,
+        expand_ratio=3,
+        head_blocks=2,
+        head_channels=8,
+    )
+    cfg.train = TrainConfig(
+        steps=600, batch_size=16, draws=2, checkpoint_every=200, validate_every=200, log_every=10
+    )
+    cfg.train.gan.memory_size = 32
+    cfg.eval.temperature = 0.0
+    return cfg
+
+
+def _tiny() -> ExperimentConfig:
+    """For tests: 32², L = 3, three modalities."""
+    cfg = ExperimentConfig(name="tiny")
+    cfg.model = ModelConfig(
+        modalities=["us", "t2", "cet1"],
+        image_size=32,
+        channels=[8, 8, 16],
+        latent_channels=[4, 0, 8],
+        top_channels=16,
+        top_latent_dim=16,
+        expand_ratio=2,
+        head_blocks=1,
+        head_channels=4,
+        se_reduction=4,
+    )
+    cfg.train = TrainConfig(steps=4, batch_size=4, draws=2, checkpoint_every=2, validate_every=2, log_every=1)
+    cfg.train.gan.channels = 8
+    cfg.train.gan.layers = 2
+    cfg.train.gan.memory_size = 8
+    cfg.train.gan.start_fraction = 0.5
+    cfg.eval.temperature = 0.0
+    cfg.eval.lpips = False
+    return cfg
+
+
+PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}
+
+
+def preset(name: str) -> ExperimentConfig:
+    """A fresh copy of a named preset (``paper``, ``small``, ``tiny``)."""
+    try:
+        return PRESETS[name]().validate()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def resolve(config: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
+    """A preset name or a YAML path, then ``key=value`` overrides."""
+    if config is None:
+        cfg = preset("small")
+    elif config in PRESETS:
+        cfg = preset(config)
+    else:
+        cfg = ExperimentConfig.load(config)
+    return apply_overrides(cfg, overrides or [])

@@ -1,0 +1,1 @@
+"""Neural-network building blocks: Gaussians and PoE, cells, the hierarchy, heads, discriminators."""

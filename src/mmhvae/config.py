@@ -41,7 +41,6 @@ class ModelConfig:
     modalities: list[str] = field(default_factory=lambda: ["us", "t2", "cet1", "flair"])
     method: str = "mmhvae"  # model family; baselines register other names (DESIGN §2)
     image_size: int = 192
-    in_channels: int = 1
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64, 128, 128])
     latent_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 64, 64])
     top_channels: int = 128
@@ -307,10 +306,11 @@ def _paper() -> ExperimentConfig:
     cfg.model = ModelConfig(
         modalities=["us", "t2", "cet1", "flair"],
         image_size=192,
-        channels=[16, 32, 64, 64, 128, 128],
+        channels=[32, 32, 64, 64, 128, 128],
         latent_channels=[8, 16, 32, 64, 64, 64],
         top_channels=128,
         top_latent_dim=256,
+        decoder_cells=2,
         head_blocks=5,
         head_channels=8,
     )

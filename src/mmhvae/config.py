@@ -55,6 +55,14 @@ class ModelConfig:
     logvar_clamp: float = 8.0
     mean_clamp: float = 20.0
     fusion: str = "poe"  # "poe" (paper eq. 13-14) | "average" (HeMIS-style ablation) | "concat"
+    # ResViT-style generator (method "resvit", Dalmaz et al. 2022; defaults = the original sizes):
+    # ART blocks in the bottleneck, the ones that carry the (weight-shared) transformer, its width,
+    # depth and heads. The MM-GAN and ResViT encoders take their widths from ``channels``.
+    art_blocks: int = 9
+    transformer_blocks: list[int] = field(default_factory=lambda: [0, 5])
+    transformer_dim: int = 768
+    transformer_layers: int = 12
+    transformer_heads: int = 12
 
     @property
     def num_modalities(self) -> int:
@@ -87,28 +95,68 @@ class ModelConfig:
             raise ConfigError("model.latent_channels must be >= 0 (0 = no latent at that stage)")
         if self.fusion not in ("poe", "average", "concat"):
             raise ConfigError(f"model.fusion must be poe, average or concat, got {self.fusion!r}")
+        if self.art_blocks < 0 or any(not 0 <= b < self.art_blocks for b in self.transformer_blocks):
+            raise ConfigError(
+                f"model.transformer_blocks {self.transformer_blocks} must index the {self.art_blocks} model.art_blocks"
+            )
+        if self.transformer_heads <= 0 or self.transformer_dim % self.transformer_heads != 0:
+            raise ConfigError(
+                f"model.transformer_dim={self.transformer_dim} must be a multiple of "
+                f"model.transformer_heads={self.transformer_heads}"
+            )
 
 
 @dataclass
 class DataConfig:
-    """Cohort, harmonization and slicing (DESIGN §3)."""
+    """Cohort, harmonization and slicing (DESIGN §3).
+
+    White-matter median harmonization (paper §4.4.1) needs a white-matter (WM) mask per volume: the
+    subject's ``wm`` map when the cohort has one, else a 3-class intensity clustering inside the brain
+    mask. Which of the three classes (sorted by mean intensity) is WM depends on the contrast and is
+    set per modality by ``wm_cluster_rule``: ``brightest`` for T1-like images (CSF < GM < WM),
+    ``darkest`` for T2 (WM < GM < CSF), ``middle`` for FLAIR with CSF nulled (CSF < WM < GM).
+    FLAIR's WM/GM contrast varies between protocols (some invert it), so ``wm_reference`` lets a
+    modality borrow the WM mask estimated on a co-registered modality of the same subject, the first
+    available in its list (FLAIR: T2, then T1, then ceT1), falling back to its own rule.
+    """
 
     cohort: str = ""  # manifest CSV or folder (BraTS-style convention)
-    modality_aliases: dict[str, str] = field(default_factory=dict)  # file suffix -> modality name
+    # File suffix / CSV column -> modality name; the defaults cover BraTS 2021/2023 and TCGA names.
+    modality_aliases: dict[str, str] = field(
+        default_factory=lambda: {
+            "t1c": "cet1", "t1ce": "cet1", "t1gd": "cet1", "t2w": "t2", "t2f": "flair",
+            "fla": "flair", "t1n": "t1", "t1w": "t1",
+        }
+    )
     slice_axis: int = 2
     harmonization: str = "wm-median"  # "wm-median" | "percentile" | "none"
     wm_targets: dict[str, float] = field(
         default_factory=lambda: {"t2": 1 / 7, "cet1": 1 / 5, "flair": 1 / 3, "t1": 1 / 5}
     )
+    wm_cluster_rule: dict[str, str] = field(
+        default_factory=lambda: {"t1": "brightest", "cet1": "brightest", "t2": "darkest", "flair": "middle"}
+    )
+    wm_reference: dict[str, list[str]] = field(default_factory=lambda: {"flair": ["t2", "t1", "cet1"]})
+    # Intensities are clipped to these brain percentiles before clustering so that small very bright
+    # regions (enhancing tumour, vessels) cannot claim a class of their own.
+    wm_clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 97.0])
+    wm_cluster_samples: int = 20000  # brain voxels subsampled (deterministically) to fit the clustering
+    clip_negative: bool = True  # MR magnitudes are >= 0; negatives are resampling ringing -> 0
     minmax_modalities: list[str] = field(default_factory=lambda: ["us"])
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    affine_tolerance: float = 1e-3  # max |difference| between the affines of one subject's images
     crop_to_modality: str = ""  # e.g. "us": crop MR to the ultrasound field of view
+    crop_margin: int = 4  # voxels kept around that field of view
     foreground_only: bool = True
     min_foreground_fraction: float = 0.05
     balance_patterns: bool = False
     augment: bool = False
+    augment_flip: bool = True  # left-right flip (first in-plane axis) with probability 1/2
+    augment_rotation: float = 10.0  # degrees, uniform in [-a, a]
+    augment_scale: float = 0.1  # zoom uniform in [1 - s, 1 + s]
+    augment_translation: float = 0.05  # fraction of the image size, uniform in [-t, t]
     num_workers: int = 0
-    cache_dir: str = ""
+    cache_dir: str = ""  # preprocessed slices (.npy); "" = $MMHVAE_CACHE or ~/.cache/mmhvae
 
 
 @dataclass
@@ -145,6 +193,8 @@ class TrainConfig:
     grad_clip: float = 200.0
     gan: GanConfig = field(default_factory=GanConfig)
     use_gan: bool = True
+    # Train on subjects with every modality only (the complete-data MHVAE baseline, DESIGN §2).
+    complete_only: bool = False
     seed: int = 0
     checkpoint_every: int = 200
     validate_every: int = 200
@@ -157,7 +207,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     temperature: float = 0.5
-    data_range: float = 0.0  # 0: per-volume max of the ground truth; else a fixed range
+    data_range: float = 0.0  # 0: per-volume (max - min) of the ground truth; else a fixed range
     ssim_3d: bool = True
     lpips: bool = True
     batch_size: int = 16

@@ -302,44 +302,21 @@ class MMHVAE(nn.Module):
         Returns:
             modality name -> tensor of the same layout as the inputs.
         """
-        if not images:
-            raise ValueError(f"empty input subset: give at least one of {self.modalities}")
-        unknown = [k for k in images if k not in self.modalities]
-        if unknown:
-            raise ValueError(f"unknown modality {unknown}; this model knows {self.modalities}")
-        targets = list(targets) if targets is not None else self.modalities
-        bad = [t for t in targets if t not in self.modalities]
-        if bad:
-            raise ValueError(f"unknown target modality {bad}; this model knows {self.modalities}")
-        shapes = {k: tuple(v.shape) for k, v in images.items()}
-        if len(set(shapes.values())) != 1:
-            raise ValueError(f"input images must share one shape, got {shapes}")
-        first = next(iter(images.values()))
-        layout = first.dim()
-        if layout == 2:
-            batch = {k: v[None] for k, v in images.items()}
-        elif layout == 3:
-            batch = dict(images)
-        elif layout == 4 and first.shape[1] == 1:
-            batch = {k: v[:, 0] for k, v in images.items()}
-        else:
-            raise ValueError(f"input images must be (H, W), (B, H, W) or (B, 1, H, W), got {tuple(first.shape)}")
-        ref = next(iter(batch.values()))
-        B = ref.shape[0]
-        param = next(self.parameters())
-        stacked = torch.zeros((B, self.cfg.num_modalities, *ref.shape[1:]), device=param.device, dtype=param.dtype)
-        observed = torch.zeros((B, self.cfg.num_modalities), dtype=torch.bool, device=param.device)
-        for name, img in batch.items():
-            j = self.modalities.index(name)
-            stacked[:, j] = img.to(param.device, param.dtype)
-            observed[:, j] = True
-        out = self(stacked, observed, temperature=temperature)
-        result = {}
-        for t in targets:
-            y = out.reconstructions[:, self.modalities.index(t)]
-            result[t] = y[0] if layout == 2 else (y[:, None] if layout == 4 else y)
-        return result
+        from mmhvae.models.protocol import synthesize_named
+
+        return synthesize_named(self, images, temperature, targets)
 
 
 def _bcast(mask: Tensor, like: Tensor) -> Tensor:
     return mask.reshape(mask.shape[0], *([1] * (like.dim() - 1)))
+
+
+def _register() -> None:
+    from mmhvae.models import register
+
+    # MMHVAE and the variants that differ from it only by configuration (DESIGN §2):
+    # "mmhvae" (PoE), fusion ablations via model.fusion, depth ablation via model.latent_channels.
+    register("mmhvae")(MMHVAE)
+
+
+_register()

@@ -1,0 +1,385 @@
+"""The MMHVAE trainer: Algorithm 1 of the paper, plus what a real run needs around it.
+
+:meth:`Trainer.training_step` is Algorithm 1, with the paper's line numbers in comments. Everything
+else (data, checkpoints, validation, logging, distribution) sits outside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mmhvae.config import ExperimentConfig
+from mmhvae.models import build_model
+from mmhvae.nn.discriminator import ModalityDiscriminators
+from mmhvae.subsets import SubsetPolicy, all_subsets
+from mmhvae.train import checkpoint as ckpt
+from mmhvae.train.batches import StepBatches, collate
+from mmhvae.train.distributed import DistributedContext
+from mmhvae.train.gan import (
+    RealImageMemory,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    real_images_for,
+)
+from mmhvae.train.losses import kl_per_pixel, reconstruction_loss
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN/Inf; training stopped and the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict] = field(default_factory=list)
+
+
+def _build_optimizer(name: str, params, lr: float, weight_decay: float, betas=None):
+    name = name.lower()
+    if name == "adamax":
+        return torch.optim.Adamax(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas or (0.9, 0.999)))
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose adamax, adam or adamw")
+
+
+def _autocast_dtype(cfg_amp: str, device: torch.device) -> Optional[torch.dtype]:
+    if cfg_amp == "fp32":
+        return None
+    if cfg_amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" else None  # "auto": bf16 on GPU, fp32 on CPU
+
+
+class Trainer:
+    """Trains a generator (any registered method) and its per-modality discriminators."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run_dir: Path,
+        train_set: Dataset,
+        val_set: Optional[Dataset] = None,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.dist = DistributedContext.from_env(cfg.train.device)
+        self.device = self.dist.device
+        tc = cfg.train
+        torch.manual_seed(tc.seed + self.dist.rank)
+        self.model = build_model(cfg.model).to(self.device)
+        self.discriminators = ModalityDiscriminators(cfg.model.num_modalities, tc.gan.channels, tc.gan.layers).to(
+            self.device
+        )
+        self.ddp_model = self.dist.wrap(self.model)
+        self.opt_g = _build_optimizer(tc.optimizer, self.model.parameters(), tc.lr, tc.weight_decay)
+        self.opt_d = _build_optimizer("adam", self.discriminators.parameters(), tc.gan.lr, 0.0, tc.gan.betas)
+        # Cosine decay from lr to lr_min over the run (paper-like: Adamax 2e-3 -> 1e-4).
+        floor = tc.lr_min / tc.lr if tc.lr > 0 else 0.0
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_g, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / max(tc.steps, 1)))
+        )
+        self.policy = SubsetPolicy(cfg.model.modalities, tc.subset_policy, tc.subset_groups, tc.subset_weights)
+        self.subset_rng = torch.Generator().manual_seed(tc.seed * 7919 + self.dist.rank)
+        self.memories = [RealImageMemory(tc.gan.memory_size, cfg.model.image_size) for _ in cfg.model.modalities]
+        self.batches = StepBatches(
+            train_set, tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size, getattr(train_set, "sample_weights", None)
+            if cfg.data.balance_patterns else None,
+        )
+        self.val_batch = self._fixed_validation_batch(val_set)
+        self.autocast_dtype = _autocast_dtype(tc.amp, self.device)
+        self.step = 0
+        self.best_score = -math.inf
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------------
+    def lambda_gan(self, step: int) -> float:
+        tc = self.cfg.train
+        if not tc.use_gan or tc.gan.weight <= 0:
+            return 0.0
+        return tc.gan.weight if step >= tc.gan.start_fraction * tc.steps else 0.0
+
+    def lambda_kl(self, step: int) -> float:
+        tc = self.cfg.train
+        if tc.kl_warmup_fraction <= 0:
+            return tc.kl_weight
+        return tc.kl_weight * min(1.0, step / (tc.kl_warmup_fraction * tc.steps))
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """One iteration of Algorithm 1 (paper lines 3-33) on a batch with per-sample r."""
+        tc = self.cfg.train
+        images = batch["images"].to(self.device)  # line 4: x_r^o, (B, M, H, W)
+        available = batch["available"].to(self.device)  # line 3: r, per sample (B, M)
+        H, W = images.shape[-2:]
+        lam_gan, lam_kl = self.lambda_gan(step), self.lambda_kl(step)
+        self.model.train()
+        loss_img = loss_kl = loss_gan = torch.zeros((), device=self.device)  # lines 5-7
+        fakes = []
+        for _ in range(tc.draws):  # line 8: T samples from the mixture
+            observed = self.policy.sample_masks(available.cpu(), self.subset_rng).to(self.device)  # line 9
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                out = self.ddp_model(images, observed, 1.0, available)  # lines 10-16: encode, sample, decode
+                if lam_gan > 0:  # line 17: adversarial term of every decoded modality
+                    for j in range(len(self.memories)):
+                        scores = self.discriminators(j, out.reconstructions[:, j])
+                        loss_gan = loss_gan + generator_loss(tc.gan.loss, scores.float()) / tc.draws
+            if out.kl:  # lines 12-13
+                loss_kl = loss_kl + kl_per_pixel(out.kl_total, H, W) / tc.draws
+            # lines 18-19: every *available* modality is scored, inputs and synthesized targets alike
+            loss_img = loss_img + reconstruction_loss(out.reconstructions, images, available, tc.reconstruction) / tc.draws
+            fakes.append(out.reconstructions.detach().float())
+        total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan  # line 23
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"non-finite loss at step {step} (img={loss_img.item():.4g}, kl={loss_kl.item():.4g}, "
+                f"gan={loss_gan.item():.4g}); the last good checkpoint is kept in {self.run_dir / 'checkpoints'}. "
+                "Lower train.lr, check the inputs for extreme values, or raise train.grad_clip."
+            )
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()  # line 24
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise TrainingDiverged(f"non-finite gradient norm at step {step}; the last good checkpoint is kept")
+        self.opt_g.step()  # line 25
+        self.sched_g.step()
+
+        for j, memory in enumerate(self.memories):  # lines 27-28: m_j <- x_j where r_j = 1
+            memory.add(images[available[:, j], j])
+        loss_d = torch.zeros((), device=self.device)
+        if lam_gan > 0:  # lines 26-32: discriminators
+            fake = torch.cat(fakes)
+            self.opt_d.zero_grad(set_to_none=True)
+            for j, memory in enumerate(self.memories):
+                real = real_images_for(j, images, available, memory, fake.shape[0], self.subset_rng)  # line 30: m_j
+                if real is None:
+                    continue
+                d_real = self.discriminators(j, real)
+                d_fake = self.discriminators(j, fake[:, j])
+                loss_j = discriminator_loss(tc.gan.loss, d_real.float(), d_fake.float())
+                if tc.gan.loss == "wasserstein":
+                    loss_j = loss_j + 10.0 * gradient_penalty(self.discriminators.critics[j], real, fake[:, j], self.subset_rng)
+                loss_d = loss_d + loss_j
+            if loss_d.requires_grad:
+                loss_d.backward()  # line 31
+                self.dist.sync_gradients(self.discriminators)
+                self.opt_d.step()  # line 32
+        return {
+            "loss": total.item(),
+            "img": loss_img.item(),
+            "kl": loss_kl.item(),
+            "gan_g": loss_gan.item(),
+            "gan_d": loss_d.item(),
+            "lambda_gan": lam_gan,
+            "lr": self.opt_g.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm),
+        }
+
+    # ------------------------------------------------------------------------------------------------
+    def _fixed_validation_batch(self, val_set: Optional[Dataset]) -> Optional[dict]:
+        if val_set is None or len(val_set) == 0:
+            return None
+        n = min(len(val_set), 4 * self.cfg.train.val_subjects)
+        idx = torch.linspace(0, len(val_set) - 1, n).round().long().unique().tolist()
+        return collate([val_set[i] for i in idx])
+
+    @torch.no_grad()
+    def validate(self) -> Optional[float]:
+        """Mean PSNR over every input subset and every available target, on held-out slices (tau = 0)."""
+        if self.val_batch is None:
+            return None
+        self.model.eval()
+        images = self.val_batch["images"].to(self.device)
+        available = self.val_batch["available"].to(self.device)
+        scores = []
+        for subset in all_subsets(self.cfg.model.num_modalities):
+            observed = available & torch.tensor(subset, device=self.device)[None]
+            keep = observed.any(dim=1)
+            if not keep.any():
+                continue
+            out = self.model(images[keep], observed[keep], temperature=0.0)
+            err = (out.reconstructions.float() - images[keep]).square().flatten(2).mean(2)
+            peak = images[keep].flatten(2).amax(2).clamp_min(1e-6)
+            psnr = 10 * torch.log10(peak.square() / err.clamp_min(1e-10))
+            scores.append(psnr[available[keep]])
+        return float(torch.cat(scores).mean()) if scores else None
+
+    # ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "best_score": self.best_score,
+            "model": self.model.state_dict(),
+            "discriminators": self.discriminators.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "memories": [m.state_dict() for m in self.memories],
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_subsets": self.subset_rng.get_state(),
+            "history": self.history,
+            "config_yaml": self.cfg.to_yaml(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.discriminators.load_state_dict(state["discriminators"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        for m, s in zip(self.memories, state["memories"]):
+            m.load_state_dict(s)
+        torch.set_rng_state(state["rng_torch"])
+        if state.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.subset_rng.set_state(state["rng_subsets"])
+        self.step = int(state["step"])
+        self.best_score = float(state["best_score"])
+        self.history = list(state["history"])
+
+    def save(self, best: bool = False) -> None:
+        if not self.dist.is_main:
+            return
+        d = self.run_dir / "checkpoints"
+        ckpt.save_generator(d / "last.safetensors", self.model, self.cfg, self.step)
+        if best:
+            ckpt.save_generator(d / "best.safetensors", self.model, self.cfg, self.step, score=self.best_score)
+        ckpt.save_state(d / "last_state.pt", self.state_dict())
+
+    def resume(self) -> bool:
+        path = ckpt.latest_state(self.run_dir)
+        if path is None:
+            return False
+        state = ckpt.load_state(path)
+        saved = ExperimentConfig.from_dict(__import__("yaml").safe_load(state["config_yaml"]))
+        if saved.model != self.cfg.model:
+            raise ckpt.CheckpointError(
+                f"{path}: the run was started with a different model config; resume with the run's config.yaml"
+            )
+        self.load_state_dict(state)
+        return True
+
+    # ------------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        tc = self.cfg.train
+        run_dir = self.run_dir
+        logger = _RunLogger(run_dir, enabled=self.dist.is_main)
+        if self.dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(run_dir / "config.yaml")
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        t0, steps0 = time.perf_counter(), self.step
+        try:
+            while self.step < tc.steps:
+                batch = self.batches.batch(self.step)
+                logs = self.training_step(batch, self.step)
+                self.step += 1
+                rate = (self.step - steps0) / max(time.perf_counter() - t0, 1e-9)
+                logs["steps_per_s"] = rate
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    logger.log(self.step, logs)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(img=f"{logs['img']:.4f}", kl=f"{logs['kl']:.3f}", gan=f"{logs['gan_g']:.3f}",
+                                    it_s=f"{rate:.2f}")
+                is_val = self.step % tc.validate_every == 0 or self.step == tc.steps
+                is_ckpt = self.step % tc.checkpoint_every == 0 or self.step == tc.steps
+                best = False
+                if is_val:
+                    score = self.validate()
+                    if score is not None:
+                        logger.log(self.step, {"val_psnr": score})
+                        self.history.append({"step": self.step, "val_psnr": score})
+                        # Fixed criterion: highest mean validation PSNR over all subsets and targets.
+                        if score > self.best_score:
+                            self.best_score, best = score, True
+                    elif self.step == tc.steps:
+                        best = True  # no validation set: the final model is the best we know
+                if is_ckpt or best:
+                    self.save(best=best)
+        finally:
+            if bar is not None:
+                bar.close()
+            logger.close()
+        d = run_dir / "checkpoints"
+        best_path = d / "best.safetensors"
+        return TrainResult(run_dir, best_path if best_path.exists() else d / "last.safetensors", d / "last.safetensors", self.history)
+
+
+class _RunLogger:
+    """CSV + TensorBoard scalars, written by the main process only."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.csv"
+        self.writer = None
+        if enabled:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time; CSV is always written
+                self.writer = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            if new:
+                w.writerow(["step", "key", "value"])
+            for k, v in values.items():
+                w.writerow([step, k, f"{v:.6g}"])
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``cfg`` on ``cfg.data.cohort`` (its ``train`` split; ``val`` for model selection)."""
+    from mmhvae.train.data import build_datasets
+
+    train_set, val_set = build_datasets(cfg)
+    trainer = Trainer(cfg, Path(run_dir), train_set, val_set, progress=progress)
+    if resume:
+        if trainer.resume():
+            if trainer.dist.is_main:
+                print(f"resumed from step {trainer.step} in {run_dir}")
+        elif trainer.dist.is_main:
+            print(f"no checkpoint in {run_dir}; starting from scratch")
+    elif ckpt.latest_state(Path(run_dir)) is not None:
+        raise ckpt.CheckpointError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out"
+        )
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.close()

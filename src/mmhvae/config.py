@@ -115,9 +115,12 @@ class DataConfig:
     mask. Which of the three classes (sorted by mean intensity) is WM depends on the contrast and is
     set per modality by ``wm_cluster_rule``: ``brightest`` for T1-like images (CSF < GM < WM),
     ``darkest`` for T2 (WM < GM < CSF), ``middle`` for FLAIR with CSF nulled (CSF < WM < GM).
-    FLAIR's WM/GM contrast varies between protocols (some invert it), so ``wm_reference`` lets a
-    modality borrow the WM mask estimated on a co-registered modality of the same subject, the first
-    available in its list (FLAIR: T2, then T1, then ceT1), falling back to its own rule.
+    A single contrast's WM class is ambiguous (ceT1: enhancement and vessels; FLAIR: WM/GM contrast
+    varies between protocols and some invert it), so ``wm_reference`` lists, per modality, alternative
+    sources tried in order: ``"t1+t2"`` applies when the subject has T1 and T2 and gives the voxels
+    both call WM (the intersection of their masks); ``"t2"`` borrows the co-registered T2's mask. When
+    no alternative applies, the modality's own rule is used. On the two real cases of the test data,
+    the ``t1+t2`` consensus made harmonized WM agree best across cases (see tests/test_data_harmonize.py).
     """
 
     cohort: str = ""  # manifest CSV or folder (BraTS-style convention)
@@ -136,7 +139,11 @@ class DataConfig:
     wm_cluster_rule: dict[str, str] = field(
         default_factory=lambda: {"t1": "brightest", "cet1": "brightest", "t2": "darkest", "flair": "middle"}
     )
-    wm_reference: dict[str, list[str]] = field(default_factory=lambda: {"flair": ["t2", "t1", "cet1"]})
+    wm_reference: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "t1": ["t1+t2"], "t2": ["t1+t2"], "cet1": ["t1+t2"], "flair": ["t1+t2", "t2", "t1", "cet1"],
+        }
+    )
     # Intensities are clipped to these brain percentiles before clustering so that small very bright
     # regions (enhancing tumour, vessels) cannot claim a class of their own.
     wm_clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 97.0])

@@ -208,6 +208,7 @@ class TrainConfig:
     val_subjects: int = 4
     log_every: int = 10
     amp: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
+    channels_last: bool = True  # NHWC memory layout: 2-5x faster convolutions on CPU (oneDNN) and tensor cores
     device: str = "auto"
 
 
@@ -376,23 +377,25 @@ def _paper() -> ExperimentConfig:
 
 
 def _small() -> ExperimentConfig:
-    """CPU-trainable in minutes: 64², L = 4, the same modalities as the built-in cohort."""
+    """CPU-trainable in minutes: 64², L = 4 (three spatial groups + the top vector), the built-in cohort's modalities."""
     cfg = ExperimentConfig(name="small")
     cfg.model = ModelConfig(
         modalities=["us", "t2", "cet1", "flair"],
         image_size=64,
-        channels=[16, 24, 32, 48],
+        channels=[8, 16, 32, 32],
         latent_channels=[4, 8, 0, 16],
-        top_channels=64,
-        top_latent_dim=64,
-        expand_ratio=3,
-        head_blocks=2,
+        top_channels=32,
+        top_latent_dim=32,
+        expand_ratio=2,
+        depthwise_kernel=3,
+        head_blocks=1,
         head_channels=8,
     )
     cfg.train = TrainConfig(
-        steps=600, batch_size=16, draws=2, checkpoint_every=200, validate_every=200, log_every=10
+        steps=400, batch_size=16, draws=2, checkpoint_every=100, validate_every=100, log_every=10
     )
     cfg.train.gan.memory_size = 32
+    cfg.train.gan.channels = 16
     cfg.eval.temperature = 0.0
     return cfg
 

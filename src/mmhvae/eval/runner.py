@@ -51,6 +51,7 @@ def synthesize_slices(
     return out
 
 
+@torch.no_grad()
 def _latent_z1(model, inputs: Mapping[str, np.ndarray], index: int) -> Optional[np.ndarray]:
     """z_1 ``(C, H, W)`` of one slice at temperature 0, or None for models without spatial latents."""
     mods = list(model.cfg.modalities)

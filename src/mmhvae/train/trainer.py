@@ -85,6 +85,8 @@ class Trainer:
         tc = cfg.train
         torch.manual_seed(tc.seed + self.dist.rank)
         self.model = build_model(cfg.model).to(self.device)
+        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         self.discriminators = ModalityDiscriminators(cfg.model.num_modalities, tc.gan.channels, tc.gan.layers).to(
             self.device
         )
@@ -125,7 +127,7 @@ class Trainer:
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """One iteration of Algorithm 1 (paper lines 3-33) on a batch with per-sample r."""
         tc = self.cfg.train
-        images = batch["images"].to(self.device)  # line 4: x_r^o, (B, M, H, W)
+        images = batch["images"].to(self.device).contiguous(memory_format=self.memory_format)  # line 4: x_r^o
         available = batch["available"].to(self.device)  # line 3: r, per sample (B, M)
         H, W = images.shape[-2:]
         lam_gan, lam_kl = self.lambda_gan(step), self.lambda_kl(step)

@@ -11,7 +11,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the test models are tiny, and spinning OpenMP threads on a shared machine
+# cost far more than they save.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

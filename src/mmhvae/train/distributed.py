@@ -55,6 +55,14 @@ class DistributedContext:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DDP(module, device_ids=ids, find_unused_parameters=True)
 
+    def no_sync(self, module: nn.Module, skip: bool):
+        """Accumulate gradients locally (no all-reduce) when ``skip``; DDP needs one backward per forward."""
+        import contextlib
+
+        if skip and hasattr(module, "no_sync"):
+            return module.no_sync()
+        return contextlib.nullcontext()
+
     def sync_gradients(self, module: nn.Module) -> None:
         """Average gradients of a module that is not DDP-wrapped (the discriminators)."""
         if not self.enabled:

@@ -132,31 +132,38 @@ class Trainer:
         H, W = images.shape[-2:]
         lam_gan, lam_kl = self.lambda_gan(step), self.lambda_kl(step)
         self.model.train()
-        loss_img = loss_kl = loss_gan = torch.zeros((), device=self.device)  # lines 5-7
+        loss_img = loss_kl = loss_gan = torch.zeros((), device=self.device)  # lines 5-7 (for logging)
         fakes = []
-        for _ in range(tc.draws):  # line 8: T samples from the mixture
-            observed = self.policy.sample_masks(available.cpu(), self.subset_rng).to(self.device)  # line 9
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                out = self.ddp_model(images, observed, 1.0, available)  # lines 10-16: encode, sample, decode
-                if lam_gan > 0:  # line 17: adversarial term of every decoded modality
-                    for j in range(len(self.memories)):
-                        scores = self.discriminators(j, out.reconstructions[:, j])
-                        loss_gan = loss_gan + generator_loss(tc.gan.loss, scores.float()) / tc.draws
-            if out.kl:  # lines 12-13
-                loss_kl = loss_kl + kl_per_pixel(out.kl_total, H, W) / tc.draws
-            # lines 18-19: every *available* modality is scored, inputs and synthesized targets alike
-            loss_img = loss_img + reconstruction_loss(out.reconstructions, images, available, tc.reconstruction) / tc.draws
-            fakes.append(out.reconstructions.detach().float())
-        total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan  # line 23
-        if not torch.isfinite(total):
-            raise TrainingDiverged(
-                f"non-finite loss at step {step} (img={loss_img.item():.4g}, kl={loss_kl.item():.4g}, "
-                f"gan={loss_gan.item():.4g}); the last good checkpoint is kept in {self.run_dir / 'checkpoints'}. "
-                "Lower train.lr, check the inputs for extreme values, or raise train.grad_clip."
-            )
         self.opt_g.zero_grad(set_to_none=True)
-        total.backward()  # line 24
+        for t in range(tc.draws):  # line 8: T samples from the mixture
+            observed = self.policy.sample_masks(available.cpu(), self.subset_rng).to(self.device)  # line 9
+            # One backward per draw (gradients accumulate; DDP all-reduces on the last draw only).
+            with self.dist.no_sync(self.ddp_model, skip=t < tc.draws - 1):
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    out = self.ddp_model(images, observed, 1.0, available)  # lines 10-16: encode, sample, decode
+                    draw_gan = torch.zeros((), device=self.device)
+                    if lam_gan > 0:  # line 17: adversarial term of every decoded modality
+                        for j in range(len(self.memories)):
+                            scores = self.discriminators(j, out.reconstructions[:, j])
+                            draw_gan = draw_gan + generator_loss(tc.gan.loss, scores.float())
+                # lines 12-13 (KL) and 18-19: every *available* modality is scored, inputs and targets alike
+                draw_kl = kl_per_pixel(out.kl_total, H, W) if out.kl else torch.zeros((), device=self.device)
+                draw_img = reconstruction_loss(out.reconstructions, images, available, tc.reconstruction)
+                draw_total = draw_img + lam_kl * draw_kl + lam_gan * draw_gan  # line 23, averaged over draws
+                if not torch.isfinite(draw_total):
+                    raise TrainingDiverged(
+                        f"non-finite loss at step {step} (img={draw_img.item():.4g}, kl={draw_kl.item():.4g}, "
+                        f"gan={draw_gan.item():.4g}); the last good checkpoint is kept in "
+                        f"{self.run_dir / 'checkpoints'}. Lower train.lr, check the inputs for extreme values, "
+                        "or raise train.grad_clip."
+                    )
+                (draw_total / tc.draws).backward()  # line 24
+            loss_img = loss_img + draw_img.detach() / tc.draws
+            loss_kl = loss_kl + draw_kl.detach() / tc.draws
+            loss_gan = loss_gan + draw_gan.detach() / tc.draws
+            fakes.append(out.reconstructions.detach().float())
+        total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         if not torch.isfinite(grad_norm):
             raise TrainingDiverged(f"non-finite gradient norm at step {step}; the last good checkpoint is kept")

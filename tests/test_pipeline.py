@@ -16,7 +16,8 @@ import torch
 
 from mmhvae.cli import main
 
-TINY = ["train.steps=6", "train.checkpoint_every=3", "train.validate_every=3", "train.batch_size=4"]
+TINY = ["train.steps=6", "train.checkpoint_every=3", "train.validate_every=3", "train.batch_size=4",
+        "data.balance_patterns=true"]
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,15 @@ def test_torchrun_ddp_with_gloo_on_two_processes(cohort, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run / "checkpoints" / "last.safetensors").is_file()
     assert res.stdout.count("best checkpoint") == 1  # only rank 0 reports and writes
+
+
+def test_demo_command_runs_end_to_end_at_toy_size(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--subjects", "8", "--shape", "32", "32", "12", "--steps", "2",
+               "eval.lpips=false", "train.validate_every=1"])
+    assert rc == 0
+    for name in ("table.md", "metrics.csv", "baseline.md"):
+        assert (out / "report" / name).is_file()
+    assert list((out / "report").glob("grid_*.png"))
+    text = capsys.readouterr().out
+    assert "mean-image PSNR" in text and "demo finished" in text

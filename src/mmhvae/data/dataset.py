@@ -321,12 +321,17 @@ def augment_sample(
     return images, seg[0, 0].long()
 
 
-def pattern_balanced_sampler(
-    dataset: SliceDataset, num_samples: Optional[int] = None, generator: Optional[torch.Generator] = None
-) -> Sampler:
-    """Draws items with replacement so that every availability pattern is equally likely overall
+def pattern_balanced_weights(dataset: SliceDataset) -> torch.Tensor:
+    """Per-item weights ``(N,)`` that make every availability pattern equally likely overall
     (weight of an item = 1 / number of items sharing its pattern)."""
     patterns = np.asarray(dataset.sample_patterns)
     counts = np.bincount(patterns)
-    weights = torch.as_tensor(1.0 / counts[patterns], dtype=torch.double)
+    return torch.as_tensor(1.0 / counts[patterns], dtype=torch.double)
+
+
+def pattern_balanced_sampler(
+    dataset: SliceDataset, num_samples: Optional[int] = None, generator: Optional[torch.Generator] = None
+) -> Sampler:
+    """A DataLoader sampler drawing with replacement by :func:`pattern_balanced_weights`."""
+    weights = pattern_balanced_weights(dataset)
     return WeightedRandomSampler(weights, num_samples or len(dataset), replacement=True, generator=generator)

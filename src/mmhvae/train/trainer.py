@@ -101,10 +101,12 @@ class Trainer:
         self.policy = SubsetPolicy(cfg.model.modalities, tc.subset_policy, tc.subset_groups, tc.subset_weights)
         self.subset_rng = torch.Generator().manual_seed(tc.seed * 7919 + self.dist.rank)
         self.memories = [RealImageMemory(tc.gan.memory_size, cfg.model.image_size) for _ in cfg.model.modalities]
-        self.batches = StepBatches(
-            train_set, tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size, getattr(train_set, "sample_weights", None)
-            if cfg.data.balance_patterns else None,
-        )
+        weights = None
+        if cfg.data.balance_patterns:
+            from mmhvae.data.dataset import pattern_balanced_weights
+
+            weights = pattern_balanced_weights(train_set)
+        self.batches = StepBatches(train_set, tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size, weights)
         self.val_batch = self._fixed_validation_batch(val_set)
         self.autocast_dtype = _autocast_dtype(tc.amp, self.device)
         self.step = 0
@@ -278,7 +280,9 @@ class Trainer:
         if path is None:
             return False
         state = ckpt.load_state(path)
-        saved = ExperimentConfig.from_dict(__import__("yaml").safe_load(state["config_yaml"]))
+        import yaml
+
+        saved = ExperimentConfig.from_dict(yaml.safe_load(state["config_yaml"]))
         if saved.model != self.cfg.model:
             raise ckpt.CheckpointError(
                 f"{path}: the run was started with a different model config; resume with the run's config.yaml"

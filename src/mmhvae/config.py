@@ -194,6 +194,7 @@ class TrainConfig:
     kl_weight: float = 1e-3
     kl_warmup_fraction: float = 0.0
     optimizer: str = "adamax"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/Adamax/AdamW moments
     lr: float = 2e-3
     lr_min: float = 1e-4
     weight_decay: float = 0.0

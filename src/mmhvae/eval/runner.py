@@ -149,8 +149,9 @@ def evaluate_checkpoints(
     write_csv(rows, out_dir / "metrics.csv")
     write_csv(acc.summary(), out_dir / "summary.csv")
     metrics = ["psnr", "ssim"] + (["ssim3d"] if eval_cfg.ssim_3d else []) + (["lpips"] if eval_cfg.lpips else [])
-    table = paper_table(acc, modalities=modalities, metrics=[m for m in metrics if m != "ssim3d"],
-                        methods=list(models))
+    present = {r["target"] for r in rows}
+    table = paper_table(acc, modalities=modalities, targets=[m for m in modalities if m in present],
+                        metrics=[m for m in metrics if m != "ssim3d"], methods=list(models))
     header = (
         f"# Synthesis on split '{split}' of {cohort_source}\n\n"
         f"{len(subjects)} subjects; temperature {eval_cfg.temperature}; data range "

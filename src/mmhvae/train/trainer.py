@@ -47,14 +47,14 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _build_optimizer(name: str, params, lr: float, weight_decay: float, betas=None):
-    name = name.lower()
+def _build_optimizer(name: str, params, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    name, betas = name.lower(), tuple(betas)
     if name == "adamax":
-        return torch.optim.Adamax(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adamax(params, lr=lr, weight_decay=weight_decay, betas=betas)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas or (0.9, 0.999)))
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
     raise ValueError(f"unknown optimizer {name!r}; choose adamax, adam or adamw")
 
 
@@ -91,7 +91,7 @@ class Trainer:
             self.device
         )
         self.ddp_model = self.dist.wrap(self.model)
-        self.opt_g = _build_optimizer(tc.optimizer, self.model.parameters(), tc.lr, tc.weight_decay)
+        self.opt_g = _build_optimizer(tc.optimizer, self.model.parameters(), tc.lr, tc.weight_decay, tc.betas)
         self.opt_d = _build_optimizer("adam", self.discriminators.parameters(), tc.gan.lr, 0.0, tc.gan.betas)
         # Cosine decay from lr to lr_min over the run (paper-like: Adamax 2e-3 -> 1e-4).
         floor = tc.lr_min / tc.lr if tc.lr > 0 else 0.0

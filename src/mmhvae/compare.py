@@ -1,0 +1,241 @@
+"""Train and evaluate several methods under one budget, and tabulate them like the paper (Tables 1-4).
+
+:func:`run_comparison` is what ``mmhvae benchmark compare`` runs:
+
+1. every method (:mod:`mmhvae.methods`) is configured from the same preset (and overrides), cohort,
+   step budget and seed, and trained into ``OUT/runs/<method>`` (a rerun resumes unfinished runs and
+   skips finished ones);
+2. all best checkpoints are evaluated together on one split (``OUT/eval``: per-subject CSV and the
+   evaluator's own tables);
+3. ``OUT/comparison.md`` gathers: Table 1 (all methods, every input subset, Average rows, best in
+   bold, Wilcoxon + Bonferroni daggers), the ablation tables in the layout of paper Tables 2-4
+   (scores pooled over every input subset and subject, one row per variant), and the compute table
+   (parameters, MACs, latency per method at the same image size).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from mmhvae.config import ExperimentConfig
+from mmhvae.methods import METHODS, apply_method
+
+# Ablation tables: (title, methods in row order, the method playing "ours" in that table).
+ABLATIONS = (
+    ("Table 2 - number of latent groups (depth ablation)", ("L1", "L2", "L3", "L5", "L7"), None),
+    ("Table 3 - fusion of the modalities", ("concat-zeros", "average"), "mmhvae"),
+    ("Table 4 - GAN loss", ("no-gan",), "mmhvae"),
+)
+METRIC_ORDER = ("psnr", "ssim", "lpips")
+
+
+@dataclass
+class ComparisonResult:
+    """Where a comparison left its outputs."""
+
+    out_dir: Path
+    checkpoints: dict[str, Path]
+    rows: list[dict[str, Any]]
+    compute_rows: list[dict[str, Any]]
+    markdown: Path
+    train_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def method_configs(base: ExperimentConfig, methods: Sequence[str]) -> dict[str, ExperimentConfig]:
+    """One config per method, all from ``base`` (same data, budget, seed and evaluation)."""
+    return {m: apply_method(base, m) for m in methods}
+
+
+def run_comparison(
+    base: ExperimentConfig,
+    methods: Sequence[str],
+    out_dir: Path,
+    split: str = "test",
+    progress: bool = True,
+    compute: bool = True,
+    figures: bool = False,
+    log=print,
+) -> ComparisonResult:
+    """Train every method of ``methods`` on ``base`` (cohort, steps and seed already set), evaluate, tabulate.
+
+    Args:
+        base: the shared configuration; ``base.data.cohort`` names the cohort.
+        methods: method names from :data:`mmhvae.methods.METHODS`.
+        out_dir: comparison folder (created).
+        split: cohort split to evaluate on.
+        compute: also measure parameters, MACs and latency (on ``base.train.device``; auto = CUDA if present).
+        figures: also draw the evaluator's qualitative figures for the first test subject.
+    """
+    from mmhvae.eval.runner import evaluate_checkpoints
+    from mmhvae.train.trainer import train
+
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = base.train.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    configs = method_configs(base, methods)
+    checkpoints: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    for name, cfg in configs.items():
+        run_dir = out_dir / "runs" / name
+        log(f"[compare] training {name} ({cfg.train.steps} steps) -> {run_dir}")
+        t0 = time.perf_counter()
+        result = train(cfg, run_dir, resume=(run_dir / "checkpoints").is_dir(), progress=progress)
+        seconds[name] = time.perf_counter() - t0
+        checkpoints[name] = Path(result.best_checkpoint)
+    log(f"[compare] evaluating {len(checkpoints)} checkpoints on split {split!r}")
+    report = evaluate_checkpoints(
+        checkpoints, base.data.cohort, split, out_dir / "eval", base.eval,
+        figures=figures, progress=progress, device=device,
+    )
+    rows = [dict(r) for r in report.rows]
+
+    compute_rows: list[dict[str, Any]] = []
+    if compute:
+        from mmhvae.compute import measure
+
+        for name, cfg in configs.items():
+            row = {"method": name, **measure(cfg.model, 1, None, device, warmup=1, repeats=3)}
+            row["levels"] = cfg.model.num_levels if cfg.model.method == "mmhvae" else 0
+            compute_rows.append(row)
+
+    text = comparison_markdown(base, configs, rows, compute_rows, seconds, split, device)
+    md = out_dir / "comparison.md"
+    md.write_text(text)
+    (out_dir / "compute.json").write_text(json.dumps(compute_rows, indent=2))
+    return ComparisonResult(out_dir, checkpoints, rows, compute_rows, md, seconds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------
+
+
+def comparison_markdown(
+    base: ExperimentConfig,
+    configs: Mapping[str, ExperimentConfig],
+    rows: Sequence[Mapping[str, Any]],
+    compute_rows: Sequence[Mapping[str, Any]],
+    seconds: Mapping[str, float],
+    split: str,
+    device: str = "cpu",
+) -> str:
+    """The whole comparison report (Markdown): settings, Table 1, ablations, compute."""
+    from mmhvae.compute import machine_description, markdown_table
+    from mmhvae.eval.tables import paper_table
+
+    modalities = list(base.model.modalities)
+    methods = list(configs)
+    parts = [
+        f"# Comparison: {', '.join(methods)}",
+        "",
+        f"Preset `{base.name}`, {base.model.image_size}² slices, cohort `{base.data.cohort}`, split `{split}`, "
+        f"{base.train.steps} training steps per method, batch {base.train.batch_size}, seed {base.train.seed}, "
+        f"evaluation temperature {base.eval.temperature}.",
+        f"Trained, evaluated and timed on: {machine_description(device)}.",
+        "",
+        "| Method | Model | L | Source | Training time (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, cfg in configs.items():
+        L = cfg.model.num_levels if cfg.model.method == "mmhvae" else "-"
+        parts.append(f"| {name} | {cfg.model.method} | {L} | {METHODS[name].source} | {seconds.get(name, 0.0):.0f} |")
+    parts += ["", "## Table 1 - every method, every input subset", ""]
+    # Only metrics that were computed (LPIPS is absent when its weights are unavailable or disabled).
+    metrics = [m for m in METRIC_ORDER if any(r["metric"] == m and r["value"] is not None for r in rows)]
+    targets = [m for m in modalities if any(r["target"] == m for r in rows)]  # modality order, not first-seen
+    table = paper_table(rows, modalities, targets=targets, metrics=metrics, methods=methods) if rows else "(no scores)\n"
+    parts.append(table)
+    for title, members, ours in ABLATIONS:
+        present = [m for m in members if m in configs]
+        if ours and ours in configs and present:
+            present.append(ours)
+        if len(present) < 2 and not (present and title.startswith("Table 2")):
+            continue
+        labels = {m: _ablation_label(m, configs[m]) for m in present}
+        parts += [f"## {title}", "", ablation_table(rows, present, modalities, labels)]
+    if compute_rows:
+        parts += ["## Compute (one slice, random weights)", "", markdown_table(compute_rows)]
+    return "\n".join(parts) + "\n"
+
+
+def _ablation_label(name: str, cfg: ExperimentConfig) -> str:
+    if METHODS[name].group == "depth":
+        return f"{name} (L = {cfg.model.num_levels})"
+    if name == "mmhvae":
+        return "PoE + GAN (mmhvae)"
+    return name
+
+
+def ablation_table(
+    rows: Iterable[Mapping[str, Any]],
+    methods: Sequence[str],
+    targets: Sequence[str],
+    labels: Optional[Mapping[str, str]] = None,
+    metrics: Sequence[str] = METRIC_ORDER,
+    alpha: float = 0.05,
+    decimals: int = 1,
+) -> str:
+    """Paper Tables 2-4 layout: one row per method, ``target x metric`` columns.
+
+    Each cell is the mean (std) of every (input subset, subject) score of that target, as the
+    paper's "averaged across all possible combinations of inputs". The best mean per column is
+    bold; a dagger marks a method whose paired difference to the best (Wilcoxon signed-rank on
+    the common (subset, subject) pairs) is significant after Bonferroni correction over the table.
+    """
+    from mmhvae.eval.metrics import METRICS, MetricAccumulator, summarize
+    from mmhvae.eval.stats import align, bonferroni, paired_wilcoxon
+
+    acc = MetricAccumulator.from_rows(r for r in rows if r["method"] in methods)
+    labels = dict(labels or {})
+    metrics = [m for m in metrics if any(r.metric == m and r.value is not None for r in acc.records)]
+    targets = [t for t in targets if t in acc.targets]
+    columns = [(t, m) for t in targets for m in metrics]
+    values = {(meth, c): acc.values(meth, c[0], c[1], None) for meth in methods for c in columns}
+
+    bold, tests = set(), []
+    for c in columns:
+        spec = METRICS[c[1]]
+        means = {m: summarize(list(values[(m, c)].values()))[0] for m in methods}
+        avail = {m: v for m, v in means.items() if v is not None}
+        if not avail:
+            continue
+        best = (max if spec.higher_is_better else min)(avail.values())
+        winner = next(m for m, v in avail.items() if v == best)
+        bold.update((m, c) for m, v in avail.items() if v == best)
+        for m in avail:
+            if (m, c) not in bold:
+                a, b = align(values[(winner, c)], values[(m, c)])
+                tests.append(((m, c), paired_wilcoxon(a, b).pvalue))
+    corrected = bonferroni([p for _, p in tests]) if tests else []
+    dagger = {key for (key, _), p in zip(tests, corrected) if p < alpha}
+
+    header = ["Method"] + [f"{t} {METRICS[m].label} {'↑' if METRICS[m].higher_is_better else '↓'}" for t, m in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for meth in methods:
+        cells = [labels.get(meth, meth)]
+        for c in columns:
+            spec = METRICS[c[1]]
+            mean, std = summarize(list(values[(meth, c)].values()))
+            text = "n/a" if mean is None else f"{mean * spec.scale:.{decimals}f} ({std * spec.scale:.{decimals}f})"
+            if (meth, c) in bold:
+                text = f"**{text}**"
+            if (meth, c) in dagger:
+                text += "†"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mean (std) over every (input subset, subject) pair. **Bold**: best per column. †: paired two-sided "
+        f"Wilcoxon signed-rank test against the best significant at p < {alpha} after Bonferroni correction "
+        f"over {len(tests)} tests.",
+        "",
+    ]
+    return "\n".join(lines)

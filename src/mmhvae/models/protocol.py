@@ -1,0 +1,97 @@
+"""What every generator shares: the checks of the forward protocol and named-modality synthesis.
+
+The protocol (see :mod:`mmhvae.models`) is ``model(images (B, M, H, W), observed (B, M) bool, ...)``;
+users call ``model.synthesize({name: image}, temperature, targets)`` instead. Both checks live here so
+that MMHVAE and the baselines refuse bad inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmhvae.config import ModelConfig
+
+
+def check_forward_inputs(cfg: ModelConfig, images: Tensor, observed: Tensor, available: Optional[Tensor]) -> None:
+    """Refuse tensors that do not match ``cfg``: images ``(B, M, S, S)``, masks ``(B, M)``, r' within r."""
+    M, S = cfg.num_modalities, cfg.image_size
+    if images.dim() != 4 or images.shape[1] != M or tuple(images.shape[2:]) != (S, S):
+        raise ValueError(
+            f"images must be (B, M={M}, {S}, {S}) for modalities {list(cfg.modalities)}, got {tuple(images.shape)}"
+        )
+    if observed.shape != images.shape[:2]:
+        raise ValueError(f"observed mask must be (B, M)={tuple(images.shape[:2])}, got {tuple(observed.shape)}")
+    if available is not None:
+        if available.shape != observed.shape:
+            raise ValueError("available and observed masks must have the same shape (B, M)")
+        if (observed.bool() & ~available.bool()).any():
+            raise ValueError("observed inputs r' must be a subset of the available modalities r")
+
+
+def zero_impute(images: Tensor, observed: Tensor) -> Tensor:
+    """``(B, M, H, W)`` -> the same with every unobserved slot set to 0 (MM-GAN / ResViT input).
+
+    Selected with ``where`` from the mask, never by multiplying: an unobserved slot may hold anything,
+    NaN included, and ``NaN * 0`` is NaN.
+    """
+    keep = observed.bool()[:, :, None, None]
+    return torch.where(keep, images, images.new_zeros(()))
+
+
+def synthesize_named(
+    model: nn.Module,
+    images: Mapping[str, Tensor],
+    temperature: float,
+    targets: Optional[Sequence[str]],
+) -> dict[str, Tensor]:
+    """Run ``model`` on named inputs and return named outputs (the body of every ``synthesize``).
+
+    Args:
+        model: a generator following the protocol (has ``.modalities`` and ``.cfg``).
+        images: modality name -> ``(B, H, W)``, ``(B, 1, H, W)`` or ``(H, W)``; one shape for all.
+        temperature: tau passed to the forward pass (0 = deterministic output).
+        targets: modality names to return; ``None`` = every modality of the model.
+    Returns:
+        modality name -> tensor in the layout of the inputs.
+    """
+    modalities = list(model.modalities)
+    if not images:
+        raise ValueError(f"empty input subset: give at least one of {modalities}")
+    unknown = [k for k in images if k not in modalities]
+    if unknown:
+        raise ValueError(f"unknown modality {unknown}; this model knows {modalities}")
+    targets = list(targets) if targets is not None else modalities
+    bad = [t for t in targets if t not in modalities]
+    if bad:
+        raise ValueError(f"unknown target modality {bad}; this model knows {modalities}")
+    shapes = {k: tuple(v.shape) for k, v in images.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"input images must share one shape, got {shapes}")
+    first = next(iter(images.values()))
+    layout = first.dim()
+    if layout == 2:
+        batch = {k: v[None] for k, v in images.items()}
+    elif layout == 3:
+        batch = dict(images)
+    elif layout == 4 and first.shape[1] == 1:
+        batch = {k: v[:, 0] for k, v in images.items()}
+    else:
+        raise ValueError(f"input images must be (H, W), (B, H, W) or (B, 1, H, W), got {tuple(first.shape)}")
+    ref = next(iter(batch.values()))
+    B = ref.shape[0]
+    param = next(model.parameters())
+    stacked = torch.zeros((B, len(modalities), *ref.shape[1:]), device=param.device, dtype=param.dtype)
+    observed = torch.zeros((B, len(modalities)), dtype=torch.bool, device=param.device)
+    for name, img in batch.items():
+        j = modalities.index(name)
+        stacked[:, j] = img.to(param.device, param.dtype)
+        observed[:, j] = True
+    out = model(stacked, observed, temperature=temperature)
+    result = {}
+    for t in targets:
+        y = out.reconstructions[:, modalities.index(t)]
+        result[t] = y[0] if layout == 2 else (y[:, None] if layout == 4 else y)
+    return result

@@ -102,7 +102,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> nn.M
         )
     model.config = config
     model.checkpoint_step = int(metadata.get("step", 0))
-    return model.to(device).eval()
+    # NHWC weights make oneDNN / cuDNN pick their fast convolution kernels (2-5x on CPU).
+    return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

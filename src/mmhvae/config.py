@@ -393,7 +393,7 @@ def _small() -> ExperimentConfig:
         head_channels=8,
     )
     cfg.train = TrainConfig(
-        steps=400, batch_size=16, draws=2, checkpoint_every=100, validate_every=100, log_every=10
+        steps=600, batch_size=16, draws=2, checkpoint_every=200, validate_every=100, log_every=10
     )
     cfg.train.gan.memory_size = 32
     cfg.train.gan.channels = 16

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
+from mmhvae.models.protocol import check_forward_inputs
 from mmhvae.nn.cells import DecoderCell, EncoderCell, downsample, group_norm, image_head, upsample
 from mmhvae.nn.gaussian import DiagonalGaussian, average_of_experts, product_of_experts
 
@@ -220,7 +221,7 @@ class MMHVAE(nn.Module):
             temperature: tau, scales the posterior standard deviation when sampling (0 = mean).
             available: r ``(B, M)`` bool, only checked (r' must be within r); losses use it.
         """
-        self._check_inputs(images, observed, available)
+        check_forward_inputs(self.cfg, images, observed, available)
         observed = observed.bool()
         encoded = self._encode(images, observed)
         mask = self._expert_mask(observed)
@@ -271,20 +272,6 @@ class MMHVAE(nn.Module):
         recon = torch.cat([head(head_in) for head in self.heads], dim=1)
         # Finest level first, as in the paper's numbering z_1 ... z_L.
         return MMHVAEOutput(recon, kls[::-1], latents[::-1], posteriors[::-1])
-
-    def _check_inputs(self, images: Tensor, observed: Tensor, available: Optional[Tensor]) -> None:
-        M, S = self.cfg.num_modalities, self.cfg.image_size
-        if images.dim() != 4 or images.shape[1] != M or tuple(images.shape[2:]) != (S, S):
-            raise ValueError(
-                f"images must be (B, M={M}, {S}, {S}) for modalities {self.modalities}, got {tuple(images.shape)}"
-            )
-        if observed.shape != images.shape[:2]:
-            raise ValueError(f"observed mask must be (B, M)={tuple(images.shape[:2])}, got {tuple(observed.shape)}")
-        if available is not None:
-            if available.shape != observed.shape:
-                raise ValueError("available and observed masks must have the same shape (B, M)")
-            if (observed.bool() & ~available.bool()).any():
-                raise ValueError("observed inputs r' must be a subset of the available modalities r")
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()

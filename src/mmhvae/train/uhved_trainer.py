@@ -134,7 +134,9 @@ def load_cases(
     if skipped:
         log(f"skipped {len(skipped)} subject(s) without any of {mods}: {skipped[:5]}")
     if not cases:
-        raise ValueError(f"{cohort}: no subject in split {split!r} has any of {mods} (cohort has {co.modalities})")
+        raise ValueError(
+            f"{cohort}: no subject in split {split!r} has any of {mods} (cohort has {co.modalities})"
+        )
     return cases
 
 
@@ -159,7 +161,8 @@ class PatchBatch:
 
 class PatchSampler:
     """Random patches; a share ``tumour_fraction`` of the patches of labelled cases is centred on a
-    random tumour voxel, the others on a random voxel (of the brain mask when known)."""
+    random tumour voxel, the others lie uniformly anywhere in the volume (as NiftyNet's uniform
+    sampler of the official code), so that skull and background are seen as often as at inference."""
 
     def __init__(
         self,
@@ -176,9 +179,9 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.cases = [self._pad(c) for c in cases if c.seg is not None or not labelled_only]
         if not self.cases:
-            raise ValueError("no training case" + (" with a segmentation (U-HeMIS needs labels)" if labelled_only else ""))
+            need = " with a segmentation (U-HeMIS needs labels)" if labelled_only else ""
+            raise ValueError(f"no training case{need}")
         self.tumour = [None if c.seg is None else np.argwhere(c.seg > 0) for c in self.cases]
-        self.anywhere = [None if c.brain is None or not c.brain.any() else np.argwhere(c.brain) for c in self.cases]
 
     def _pad(self, case: Case) -> Case:
         """Zero-pad volumes smaller than the patch (background; availability is unchanged)."""
@@ -198,14 +201,11 @@ class PatchSampler:
     def _corner(self, i: int) -> tuple[int, ...]:
         case = self.cases[i]
         shape = case.images.shape[1:]
-        tumour, anywhere = self.tumour[i], self.anywhere[i]
+        tumour = self.tumour[i]
         if tumour is not None and len(tumour) and self.rng.random() < self.tumour_fraction:
             centre = tumour[self.rng.integers(len(tumour))]
-        elif anywhere is not None:
-            centre = anywhere[self.rng.integers(len(anywhere))]
-        else:
-            centre = [self.rng.integers(s) for s in shape]
-        return tuple(int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, shape))
+            return tuple(int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, shape))
+        return tuple(int(self.rng.integers(s - p + 1)) for p, s in zip(self.patch, shape))
 
     def sample(self, batch_size: int) -> PatchBatch:
         images, available, segs, has_seg = [], [], [], []
@@ -249,10 +249,13 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
     return 1.0 - ((2.0 * inter + eps) / (denom + eps)).mean()
 
 
-def uhved_loss(out: UHVEDOutput, batch: PatchBatch, cfg: UHVEDTrainConfig) -> dict[str, Tensor]:
+def uhved_loss(
+    out: UHVEDOutput, batch: PatchBatch, cfg: UHVEDTrainConfig, kl_scale: float = 1.0
+) -> dict[str, Tensor]:
     """Seed §3: L = Dice + CE + 0.1·L2 + 0.1·KL, with missing labels and images masked out.
 
-    Returns the total and every term (zero when a term has nothing to score in this batch)."""
+    ``kl_scale`` multiplies the KL weight (warm-up). Returns the total and every (unweighted) term,
+    zero when a term has nothing to score in this batch."""
     zero = out.seg_logits.new_zeros(()).float()
     terms = {"dice": zero, "ce": zero, "mse": zero, "kl": zero}
     labelled = batch.has_seg.nonzero().flatten()
@@ -271,7 +274,7 @@ def uhved_loss(out: UHVEDOutput, batch: PatchBatch, cfg: UHVEDTrainConfig) -> di
         cfg.dice_weight * terms["dice"]
         + cfg.ce_weight * terms["ce"]
         + cfg.reconstruction_weight * terms["mse"]
-        + cfg.kl_weight * terms["kl"]
+        + kl_scale * cfg.kl_weight * terms["kl"]
     )
     return {"loss": total, **terms}
 
@@ -289,6 +292,12 @@ def learning_rate(cfg: UHVEDTrainConfig, step: int) -> float:
     else:
         factor = (1.0 - t) ** cfg.poly_power
     return cfg.lr_min + (cfg.lr - cfg.lr_min) * factor
+
+
+def kl_warmup(cfg: UHVEDTrainConfig, step: int) -> float:
+    """Factor of the KL weight: a linear ramp from 0 to 1 over ``kl_warmup_fraction`` of the steps."""
+    ramp = cfg.kl_warmup_fraction * cfg.steps
+    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,10 +336,8 @@ def save_checkpoint(run_dir: str | Path, model: UHVED, cfg: UHVEDConfig, step: i
                     opt_scalars[f"{pid}.{key}"] = value
         atomic_write(run_dir / "optimizer.safetensors", lambda p: save_file(opt_tensors, str(p)))
         groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
-        atomic_write_text(
-            run_dir / "trainer_state.json",
-            json.dumps({"format": CHECKPOINT_FORMAT, "step": step, "param_groups": groups, "scalars": opt_scalars}, indent=1),
-        )
+        info = {"format": CHECKPOINT_FORMAT, "step": step, "param_groups": groups, "scalars": opt_scalars}
+        atomic_write_text(run_dir / "trainer_state.json", json.dumps(info, indent=1))
     return run_dir / MODEL_FILE
 
 
@@ -365,7 +372,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{_model_path(path)}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{_model_path(path)}: weights do not match the config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.to(device).eval(), cfg, int(meta.get("step", 0))
 
@@ -394,7 +402,7 @@ def pick_device(name: str) -> torch.device:
 
 
 class UHVEDTrainer:
-    """Owns the model, optimizer, sampler and run folder; :meth:`step` is the algorithm, the rest is plumbing."""
+    """Owns the model, optimizer, sampler and run folder; :meth:`step` is the algorithm, the rest plumbing."""
 
     def __init__(self, cfg: UHVEDConfig, cases: Sequence[Case], out_dir: str | Path, resume: bool = False):
         self.cfg = cfg
@@ -445,7 +453,7 @@ class UHVEDTrainer:
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(batch.images, observed, temperature=1.0)  # 3
-        terms = uhved_loss(out, batch, cfg)  # 4
+        terms = uhved_loss(out, batch, cfg, kl_scale=kl_warmup(cfg, step))  # 4
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if cfg.grad_clip > 0:
@@ -465,7 +473,8 @@ class UHVEDTrainer:
         new_log = not log_file.exists() or self.start_step == 0
         t0 = time.time()
         running: dict[str, float] = {}
-        bar = tqdm(range(self.start_step, cfg.steps), initial=self.start_step, total=cfg.steps, disable=not progress, desc="uhved")
+        steps = range(self.start_step, cfg.steps)
+        bar = tqdm(steps, initial=self.start_step, total=cfg.steps, disable=not progress, desc="uhved")
         with open(log_file, "w" if new_log else "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)
             if new_log:
@@ -475,7 +484,8 @@ class UHVEDTrainer:
                 running = {k: running.get(k, v) * 0.9 + v * 0.1 for k, v in terms.items()}
                 bar.set_postfix({k: f"{running[k]:.3f}" for k in ("loss", "dice", "mse", "kl")})
                 if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                    writer.writerow({"step": step + 1, **{k: f"{terms[k]:.6g}" for k in fields[1:7]}, "seconds": f"{time.time() - t0:.1f}"})
+                    values = {k: f"{terms[k]:.6g}" for k in fields[1:7]}
+                    writer.writerow({"step": step + 1, **values, "seconds": f"{time.time() - t0:.1f}"})
                     fh.flush()
                 if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                     save_checkpoint(self.out, self.model, self.cfg, step + 1, self.optimizer)

@@ -299,8 +299,8 @@ def run_registration_benchmark(args: argparse.Namespace) -> int:
     header = (
         f"# Registration TRE (paper Table 5 layout)\n\ncohort `{args.cohort}`, split `{args.split}`, "
         f"checkpoint `{args.checkpoint}`, seed {args.seed}; rigid Euler3D, ANTs neighbourhood correlation "
-        f"(radius {args.radius}), shrink {args.shrink_factors}, sigmas {args.smoothing_sigmas}; TRE over brain "
-        f"landmarks (every {args.landmark_step}th voxel), mean (std) over registrations.\n\n"
+        f"(radius {args.radius} voxels), shrink {args.shrink_factors}, sigmas {args.smoothing_sigmas} mm; TRE over "
+        f"brain landmarks (a grid of one voxel in {args.landmark_step} per axis), mean (std) over registrations.\n\n"
     )
     atomic_write_text(args.out / "registration_table.md", header + table)
     print(table)

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "benchmark",
     "downstream",
     "uhved",
+    "segment",
 ]
 
 

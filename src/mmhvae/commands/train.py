@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="small", help="preset name (paper, small, tiny) or a YAML file [small]")
     p.add_argument("--cohort", help="manifest CSV or cohort folder (sets data.cohort)")
     p.add_argument("--out", required=True, help="run folder: config.yaml, checkpoints/, metrics.csv, tensorboard/")
-    p.add_argument("--method", help="model family or ablation (e.g. mmhvae, mvae, mopoe, mmgan, resvit, L3)")
+    p.add_argument("--method", help="model family or ablation (mmhvae, mvae, mopoe, mhvae, mmgan, resvit, "
+                   "concat-zeros, average, L1-L7, no-gan; uhved / uhemis for the 3D segmentation models)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.steps=2000 model.image_size=96")
@@ -44,10 +45,30 @@ def resolve_config(args: argparse.Namespace):
     return apply_overrides(cfg, overrides)
 
 
+UHVED_METHODS = ("uhved", "uhemis")
+
+
+def _run_uhved(args: argparse.Namespace) -> int:
+    """``--method uhved|uhemis``: the 3D patch trainer of U-HVED (same as ``mmhvae uhved train``)."""
+    from mmhvae.commands.uhved import run_train
+
+    if not args.cohort:
+        raise ValueError("--cohort is required with --method uhved")
+    config = None if args.config in ("small",) else args.config  # "small" is the MMHVAE default
+    ns = argparse.Namespace(
+        cohort=args.cohort, out=args.out, config=config, split="train", resume=args.resume,
+        no_progress=args.no_progress, overrides=[*args.overrides, f"model.method={args.method}"],
+    )
+    return run_train(ns)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mmhvae.train.trainer import train
+
+    if args.method in UHVED_METHODS:
+        return _run_uhved(args)
 
     cfg = resolve_config(args)
     result = train(cfg, Path(args.out), resume=args.resume, progress=not args.no_progress)

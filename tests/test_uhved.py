@@ -312,6 +312,22 @@ def test_sliding_window_output_geometry_equals_input(method):
     assert model.training  # restored
 
 
+def test_sampled_inference_is_reproducible_and_averages_draws():
+    model = make_model()
+    cfg = tiny().with_overrides(["eval.temperature=1.0", "eval.samples=3", "eval.seed=5"])
+    images = torch.randn(1, 3, 16, 16, 16)
+    observed = torch.tensor([[True, True, False]])
+    torch.manual_seed(0)
+    a = sliding_window_predict(model, images, observed, cfg.eval)
+    state = torch.random.get_rng_state()
+    b = sliding_window_predict(model, images, observed, cfg.eval)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+    mean = sliding_window_predict(model, images, observed, tiny().with_overrides(["eval.temperature=0"]).eval)
+    assert not torch.allclose(a[0], mean[0])
+
+
 def test_checkpoint_round_trip_and_foreign_files(tmp_path):
     model = make_model()
     cfg = tiny()

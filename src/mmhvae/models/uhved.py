@@ -160,7 +160,10 @@ class UHVEDEvalConfig:
 
 @dataclass
 class UHVEDConfig:
-    """Everything a U-HVED run needs; written as ``config.yaml`` in every run folder."""
+    """Everything a U-HVED run needs; written as ``config.yaml`` in every run folder.
+
+    ``data`` is the project's :class:`~mmhvae.config.DataConfig` (cohort, modality aliases,
+    harmonization); its 2D slicing fields are not used by this 3D model."""
 
     model: UHVEDModelConfig = field(default_factory=UHVEDModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -335,9 +335,8 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) and re-validate."""
-    data = config.to_dict()
+def override_dict(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested config dict in place."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=500")
@@ -351,7 +350,12 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(f"override {item!r}: unknown key {key!r}")
         node[parts[-1]] = yaml.safe_load(raw)
-    return ExperimentConfig.from_dict(data)
+    return data
+
+
+def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) and re-validate."""
+    return ExperimentConfig.from_dict(override_dict(config.to_dict(), list(overrides)))
 
 
 # --------------------------------------------------------------------------------------------------

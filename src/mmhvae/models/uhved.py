@@ -240,20 +240,9 @@ class UHVEDConfig:
 
     def with_overrides(self, overrides: Sequence[str]) -> "UHVEDConfig":
         """A copy with ``section.key=value`` overrides applied (values parsed as YAML)."""
-        data = self.to_dict()
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=500")
-            key, raw = item.split("=", 1)
-            parts = key.strip().split(".")
-            node = data
-            for part in parts[:-1]:
-                if not isinstance(node, dict) or part not in node:
-                    raise ConfigError(f"override {item!r}: unknown key {key!r}")
-                node = node[part]
-            if not isinstance(node, dict) or parts[-1] not in node:
-                raise ConfigError(f"override {item!r}: unknown key {key!r}")
-            node[parts[-1]] = yaml.safe_load(raw)
+        from mmhvae.config import override_dict
+
+        data = override_dict(self.to_dict(), list(overrides))
         return UHVEDConfig.from_dict(data)
 
 

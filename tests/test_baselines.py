@@ -272,3 +272,30 @@ def test_benchmark_compare_writes_all_tables(tiny_cohort, tmp_path, capsys):
     assert "| mmgan | ● | ○ | ○ | ○ |" in text and "| PoE + GAN (mmhvae) |" in text
     assert all((out / "runs" / m / "checkpoints" / "best.safetensors").is_file() for m in ("mmhvae", "no-gan", "mmgan"))
     capsys.readouterr()
+
+
+def test_benchmark_compare_trains_in_parallel_and_shares_identical_configs(tiny_cohort, tmp_path, capsys):
+    """--jobs 2 trains in worker processes; L5 and L7 are the same model on the tiny preset (one run, one score set)."""
+    from mmhvae.cli import main
+    from mmhvae.compare import duplicate_methods, method_configs
+
+    cfgs = method_configs(preset("tiny"), ["L5", "L7", "L1"])
+    assert duplicate_methods(cfgs) == {"L7": "L5"}
+    out = tmp_path / "compare"
+    rc = main([
+        "benchmark", "compare", "--methods", "L5,L7,L1", "--cohort", str(tiny_cohort),
+        "--budget-steps", "1", "--preset", "tiny", "--out", str(out), "--no-progress", "--no-compute",
+        "--jobs", "2", "--threads", "1",
+        "model.modalities=[us,t2,cet1,flair]", "train.val_subjects=1", f"data.cache_dir={tiny_cohort.parent / 'cache'}",
+    ])
+    assert rc == 0
+    assert (out / "runs" / "L5" / "checkpoints" / "best.safetensors").is_file()
+    assert (out / "runs" / "L1" / "checkpoints" / "best.safetensors").is_file()
+    assert not (out / "runs" / "L7").exists()
+    text = (out / "comparison.md").read_text()
+    assert "same model as L5" in text
+    table2 = text.split("## Table 2")[1]
+    l5 = next(line for line in table2.splitlines() if line.startswith("| L5"))
+    l7 = next(line for line in table2.splitlines() if line.startswith("| L7"))
+    assert l5.split("|")[2:] == l7.split("|")[2:]  # identical scores, shared
+    capsys.readouterr()

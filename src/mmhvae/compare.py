@@ -4,7 +4,10 @@
 
 1. every method (:mod:`mmhvae.methods`) is configured from the same preset (and overrides), cohort,
    step budget and seed, and trained into ``OUT/runs/<method>`` (a rerun resumes unfinished runs and
-   skips finished ones);
+   skips finished ones); ``jobs > 1`` trains that many methods at once in separate processes; a method
+   whose resolved model and training configuration is identical to an earlier one (``L7`` and ``L5``
+   on the small preset are both the full ``mmhvae``) is not trained or evaluated twice: it shares
+   that method's checkpoint and scores, and the report says so;
 2. all best checkpoints are evaluated together on one split (``OUT/eval``: per-subject CSV and the
    evaluator's own tables);
 3. ``OUT/comparison.md`` gathers: Table 1 (all methods, every input subset, Average rows, best in
@@ -43,6 +46,43 @@ class ComparisonResult:
     compute_rows: list[dict[str, Any]]
     markdown: Path
     train_seconds: dict[str, float] = field(default_factory=dict)
+    same_as: dict[str, str] = field(default_factory=dict)
+
+
+def config_key(cfg: ExperimentConfig) -> str:
+    """What decides a trained model: the resolved config without its name (YAML text)."""
+    import yaml
+
+    data = cfg.to_dict()
+    data.pop("name", None)
+    return yaml.safe_dump(data, sort_keys=True)
+
+
+def duplicate_methods(configs: Mapping[str, ExperimentConfig]) -> dict[str, str]:
+    """``{method: earlier method with the identical configuration}`` for every repeated configuration."""
+    first: dict[str, str] = {}
+    same: dict[str, str] = {}
+    for name, cfg in configs.items():
+        key = config_key(cfg)
+        if key in first:
+            same[name] = first[key]
+        else:
+            first[key] = name
+    return same
+
+
+def _train_one(cfg: ExperimentConfig, run_dir: str, threads: Optional[int], progress: bool) -> tuple[str, float]:
+    """Train one method (in this process or a worker); returns (best checkpoint, seconds)."""
+    import torch
+
+    from mmhvae.train.trainer import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir_p = Path(run_dir)
+    t0 = time.perf_counter()
+    result = train(cfg, run_dir_p, resume=(run_dir_p / "checkpoints").is_dir(), progress=progress)
+    return str(result.best_checkpoint), time.perf_counter() - t0
 
 
 def method_configs(base: ExperimentConfig, methods: Sequence[str]) -> dict[str, ExperimentConfig]:
@@ -59,6 +99,8 @@ def run_comparison(
     compute: bool = True,
     figures: bool = False,
     log=print,
+    jobs: int = 1,
+    threads: Optional[int] = None,
 ) -> ComparisonResult:
     """Train every method of ``methods`` on ``base`` (cohort, steps and seed already set), evaluate, tabulate.
 
@@ -69,9 +111,11 @@ def run_comparison(
         split: cohort split to evaluate on.
         compute: also measure parameters, MACs and latency (on ``base.train.device``; auto = CUDA if present).
         figures: also draw the evaluator's qualitative figures for the first test subject.
+        jobs: methods trained at once, each in its own process (CPU: give each ``threads`` threads,
+            ``jobs * threads`` <= cores; one GPU is shared by all jobs).
+        threads: torch threads per training process (default: torch's).
     """
     from mmhvae.eval.runner import evaluate_checkpoints
-    from mmhvae.train.trainer import train
 
     import torch
 
@@ -81,21 +125,45 @@ def run_comparison(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     configs = method_configs(base, methods)
+    same_as = duplicate_methods(configs)
+    for name, twin in same_as.items():
+        log(f"[compare] {name} has the same configuration as {twin}: sharing its checkpoint and scores")
+    todo = [n for n in configs if n not in same_as]
     checkpoints: dict[str, Path] = {}
     seconds: dict[str, float] = {}
-    for name, cfg in configs.items():
-        run_dir = out_dir / "runs" / name
-        log(f"[compare] training {name} ({cfg.train.steps} steps) -> {run_dir}")
-        t0 = time.perf_counter()
-        result = train(cfg, run_dir, resume=(run_dir / "checkpoints").is_dir(), progress=progress)
-        seconds[name] = time.perf_counter() - t0
-        checkpoints[name] = Path(result.best_checkpoint)
+    if jobs <= 1:
+        for name in todo:
+            run_dir = out_dir / "runs" / name
+            log(f"[compare] training {name} ({configs[name].train.steps} steps) -> {run_dir}")
+            best, secs = _train_one(configs[name], str(run_dir), threads, progress)
+            checkpoints[name], seconds[name] = Path(best), secs
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        log(f"[compare] training {len(todo)} methods, {jobs} at a time (progress: OUT/runs/<method>/metrics.csv)")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_train_one, configs[name], str(out_dir / "runs" / name), threads, False): name
+                for name in todo
+            }
+            for fut in as_completed(futures):
+                name = futures[fut]
+                best, secs = fut.result()
+                checkpoints[name], seconds[name] = Path(best), secs
+                log(f"[compare] {name} trained in {secs:.0f} s")
+        checkpoints = {n: checkpoints[n] for n in todo}  # method order, not completion order
     log(f"[compare] evaluating {len(checkpoints)} checkpoints on split {split!r}")
     report = evaluate_checkpoints(
         checkpoints, base.data.cohort, split, out_dir / "eval", base.eval,
         figures=figures, progress=progress, device=device,
     )
     rows = [dict(r) for r in report.rows]
+    for name, twin in same_as.items():
+        rows += [{**r, "method": name} for r in report.rows if r["method"] == twin]
+        checkpoints[name] = checkpoints[twin]
+        seconds[name] = 0.0
+    checkpoints = {n: checkpoints[n] for n in configs}
 
     compute_rows: list[dict[str, Any]] = []
     if compute:
@@ -106,11 +174,11 @@ def run_comparison(
             row["levels"] = cfg.model.num_levels if cfg.model.method == "mmhvae" else 0
             compute_rows.append(row)
 
-    text = comparison_markdown(base, configs, rows, compute_rows, seconds, split, device)
+    text = comparison_markdown(base, configs, rows, compute_rows, seconds, split, device, same_as)
     md = out_dir / "comparison.md"
     md.write_text(text)
     (out_dir / "compute.json").write_text(json.dumps(compute_rows, indent=2))
-    return ComparisonResult(out_dir, checkpoints, rows, compute_rows, md, seconds)
+    return ComparisonResult(out_dir, checkpoints, rows, compute_rows, md, seconds, same_as)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,6 +194,7 @@ def comparison_markdown(
     seconds: Mapping[str, float],
     split: str,
     device: str = "cpu",
+    same_as: Optional[Mapping[str, str]] = None,
 ) -> str:
     """The whole comparison report (Markdown): settings, Table 1, ablations, compute."""
     from mmhvae.compute import machine_description, markdown_table
@@ -146,7 +215,8 @@ def comparison_markdown(
     ]
     for name, cfg in configs.items():
         L = cfg.model.num_levels if cfg.model.method == "mmhvae" else "-"
-        parts.append(f"| {name} | {cfg.model.method} | {L} | {METHODS[name].source} | {seconds.get(name, 0.0):.0f} |")
+        time_cell = f"same model as {same_as[name]}" if same_as and name in same_as else f"{seconds.get(name, 0.0):.0f}"
+        parts.append(f"| {name} | {cfg.model.method} | {L} | {METHODS[name].source} | {time_cell} |")
     parts += ["", "## Table 1 - every method, every input subset", ""]
     # Only metrics that were computed (LPIPS is absent when its weights are unavailable or disabled).
     metrics = [m for m in METRIC_ORDER if any(r["metric"] == m and r["value"] is not None for r in rows)]

@@ -67,7 +67,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--seed", type=int, default=0, help="training seed shared by all methods (default 0)")
     compare.add_argument("--split", default="test", help="cohort split to evaluate (default test)")
     compare.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    compare.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    compare.add_argument("--threads", type=int, default=None,
+                         help="CPU threads for torch, per training process (default: torch's)")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="methods trained at once in separate processes (default 1); on a CPU keep "
+                         "jobs x threads <= cores")
     compare.add_argument("--no-compute", action="store_true", help="skip the compute table")
     compare.add_argument("--figures", action="store_true",
                          help="also draw the evaluator's figures (grids, temperature sweep, latent PCA)")
@@ -133,6 +137,8 @@ def run_compare(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.budget_steps < 1:
         raise UserError("--budget-steps must be >= 1")
+    if args.jobs < 1:
+        raise UserError("--jobs must be >= 1")
     methods = parse_methods(args.methods)
     base = resolve(args.preset, [
         *args.overrides,
@@ -157,7 +163,7 @@ def run_compare(args: argparse.Namespace) -> int:
     base.data.cohort = str(cohort)
     result = run_comparison(
         base, methods, args.out, split=args.split, progress=not args.no_progress,
-        compute=not args.no_compute, figures=args.figures,
+        compute=not args.no_compute, figures=args.figures, jobs=args.jobs, threads=args.threads,
     )
     print(result.markdown.read_text())
     print(f"[compare] written {result.markdown}")

@@ -298,4 +298,7 @@ def test_benchmark_compare_trains_in_parallel_and_shares_identical_configs(tiny_
     l5 = next(line for line in table2.splitlines() if line.startswith("| L5"))
     l7 = next(line for line in table2.splitlines() if line.startswith("| L7"))
     assert l5.split("|")[2:] == l7.split("|")[2:]  # identical scores, shared
+    assert "## Training curves" in text and (out / "training_curves.png").stat().st_size > 1000
+    curves = text.split("## Training curves")[1]
+    assert "| L1 |" in curves and "| L7 |" in curves
     capsys.readouterr()

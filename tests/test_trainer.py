@@ -142,3 +142,25 @@ def test_nan_guard_stops_with_a_clear_message(tmp_path):
     t = Trainer(cfg, tmp_path / "r", ds, None, progress=False)
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 0"):
         t.training_step(t.batches.batch(0), 0)
+
+
+def test_validation_psnr_uses_a_fixed_range_and_skips_empty_slices(tmp_path):
+    """An almost-empty slice must not drag the model-selection score to a huge negative PSNR."""
+    from mmhvae.models.mmhvae import MMHVAEOutput
+
+    cfg = _cfg()
+    val = _dataset(6, seed=1, missing_third=False)
+    val.images[0, 0] = 0.0  # an empty slice of modality 0: not scored
+    val.images[1, 0] = 0.0
+    val.images[1, 0, 0, 0] = 1e-3  # a near-empty one: scored against the modality's range, not its own peak
+    trainer = Trainer(cfg, tmp_path / "run", _dataset(), val, progress=False)
+
+    class OffByOneHundredth(torch.nn.Module):  # every modality exactly, plus 0.01: MSE 1e-4 everywhere
+        def forward(self, images, observed, temperature=0.0):
+            return MMHVAEOutput(reconstructions=images + 0.01, kl=[], latents=[])
+
+    trainer.model = OffByOneHundredth()
+    # Ranges 1.0, 1.0 and 0.7: PSNR 40, 40 and 36.9 dB. A per-slice peak would score the near-empty
+    # slice at -20 dB and the empty one at -80 dB.
+    score = trainer.validate()
+    assert score is not None and 36.0 < score < 40.01

@@ -13,7 +13,9 @@
 3. ``OUT/comparison.md`` gathers: Table 1 (all methods, every input subset, Average rows, best in
    bold, Wilcoxon + Bonferroni daggers), the ablation tables in the layout of paper Tables 2-4
    (scores pooled over every input subset and subject, one row per variant), and the compute table
-   (parameters, MACs, latency per method at the same image size).
+   (parameters, MACs, latency per method at the same image size), and the training curves
+   (validation PSNR against step per method, table and ``OUT/training_curves.png``), which tell
+   whether a method had converged within the budget.
 """
 
 from __future__ import annotations
@@ -174,7 +176,13 @@ def run_comparison(
             row["levels"] = cfg.model.num_levels if cfg.model.method == "mmhvae" else 0
             compute_rows.append(row)
 
-    text = comparison_markdown(base, configs, rows, compute_rows, seconds, split, device, same_as)
+    curves = read_curves({n: out_dir / "runs" / same_as.get(n, n) for n in configs})
+    if any(curves.values()):
+        from mmhvae.eval.figures import training_curves
+
+        training_curves({n: c for n, c in curves.items() if n not in same_as}, out_dir / "training_curves.png",
+                        title=f"{base.train.steps} steps, batch {base.train.batch_size}, seed {base.train.seed}")
+    text = comparison_markdown(base, configs, rows, compute_rows, seconds, split, device, same_as, curves)
     md = out_dir / "comparison.md"
     md.write_text(text)
     (out_dir / "compute.json").write_text(json.dumps(compute_rows, indent=2))
@@ -195,6 +203,7 @@ def comparison_markdown(
     split: str,
     device: str = "cpu",
     same_as: Optional[Mapping[str, str]] = None,
+    curves: Optional[Mapping[str, Sequence[tuple[int, float]]]] = None,
 ) -> str:
     """The whole comparison report (Markdown): settings, Table 1, ablations, compute."""
     from mmhvae.compute import machine_description, markdown_table
@@ -233,7 +242,46 @@ def comparison_markdown(
         parts += [f"## {title}", "", ablation_table(rows, present, modalities, labels)]
     if compute_rows:
         parts += ["## Compute (one slice, random weights)", "", markdown_table(compute_rows)]
+    if curves and any(curves.values()):
+        parts += ["## Training curves", "", curves_table(curves), "",
+                  "Validation PSNR (dB; mean over every input subset and target, τ = 0, the trainer's model "
+                  "selection score) at each validation step; **bold**: the checkpoint evaluated above (best). "
+                  "A curve still rising at the last step means the budget was too small for that method. "
+                  "Plot: `training_curves.png`.", ""]
     return "\n".join(parts) + "\n"
+
+
+def read_curves(run_dirs: Mapping[str, Path], key: str = "val_psnr") -> dict[str, list[tuple[int, float]]]:
+    """``{method: [(step, value), ...]}`` of scalar ``key`` from each run's ``metrics.csv`` (empty if absent)."""
+    import csv
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for name, run_dir in run_dirs.items():
+        path = Path(run_dir) / "metrics.csv"
+        points: dict[int, float] = {}
+        if path.is_file():
+            with open(path, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    if row.get("key") == key:
+                        points[int(row["step"])] = float(row["value"])  # a resumed run's repeat wins
+        out[name] = sorted(points.items())
+    return out
+
+
+def curves_table(curves: Mapping[str, Sequence[tuple[int, float]]], decimals: int = 2) -> str:
+    """Markdown table: one row per method, one column per logged step; the best value per row in bold."""
+    steps = sorted({s for pts in curves.values() for s, _ in pts})
+    lines = ["| Method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for name, pts in curves.items():
+        values = dict(pts)
+        best = max(values.values()) if values else None
+        cells = []
+        for s in steps:
+            v = values.get(s)
+            text = "" if v is None else f"{v:.{decimals}f}"
+            cells.append(f"**{text}**" if v is not None and v == best else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _ablation_label(name: str, cfg: ExperimentConfig) -> str:

@@ -298,3 +298,32 @@ def latent_pca(
         ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}% var.)" if k > 1 else "PC1")
         ax.legend(fontsize=7, markerscale=3)
     return LatentPCA(canvas.save(path), mean, comps, ratio)
+
+
+def training_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | Path,
+    ylabel: str = "validation PSNR (dB)",
+    title: Optional[str] = None,
+) -> Path:
+    """Line plot of one scalar against training step, one line per run (e.g. validation PSNR per method)."""
+    if not curves:
+        raise ValueError("training_curves needs at least one curve")
+    fig = Figure(figsize=(8, 5), dpi=DPI)
+    ax = fig.add_subplot(1, 1, 1)
+    styles = ("-", "--", ":", "-.")
+    for i, (name, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        steps, values = zip(*sorted(points))
+        ax.plot(steps, values, styles[(i // 10) % len(styles)], marker="o", markersize=3, label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white"))
+    return path

@@ -213,12 +213,21 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> Optional[float]:
-        """Mean PSNR over every input subset and every available target, on held-out slices (tau = 0)."""
+        """Mean PSNR over every input subset and every available target, on held-out slices (tau = 0).
+
+        As in the evaluator (:mod:`mmhvae.eval.metrics`), the data range of a modality is fixed (its
+        maximum over the validation slices; harmonized images start at 0) and only slices holding
+        foreground of the target are scored: a per-slice peak would let near-empty edge slices, whose
+        tiny peak turns any error into a hugely negative PSNR, dominate the mean and the model selection.
+        """
         if self.val_batch is None:
             return None
         self.model.eval()
         images = self.val_batch["images"].to(self.device)
         available = self.val_batch["available"].to(self.device)
+        peaks = images.flatten(2).amax(2)  # (B, M)
+        span = torch.where(available, peaks, torch.zeros_like(peaks)).amax(0)  # (M,): per-modality range
+        scored = available & (peaks > 0) & (span[None] > 0)
         scores = []
         for subset in all_subsets(self.cfg.model.num_modalities):
             observed = available & torch.tensor(subset, device=self.device)[None]
@@ -227,9 +236,9 @@ class Trainer:
                 continue
             out = self.model(images[keep], observed[keep], temperature=0.0)
             err = (out.reconstructions.float() - images[keep]).square().flatten(2).mean(2)
-            peak = images[keep].flatten(2).amax(2).clamp_min(1e-6)
-            psnr = 10 * torch.log10(peak.square() / err.clamp_min(1e-10))
-            scores.append(psnr[available[keep]])
+            psnr = 10 * torch.log10(span[None].clamp_min(1e-6).square() / err.clamp_min(1e-10))
+            scores.append(psnr[scored[keep]])
+        scores = [s for s in scores if s.numel()]
         return float(torch.cat(scores).mean()) if scores else None
 
     # ------------------------------------------------------------------------------------------------

@@ -249,8 +249,16 @@ def test_each_method_trains_two_steps_through_train(method, tiny_cohort, tmp_pat
     assert result.best_checkpoint.is_file()
     model = load_generator(result.best_checkpoint)
     assert type(model) is type(build_model(cfg.model)) and model.cfg == cfg.model
-    y = model.synthesize({"us": torch.rand(32, 32)}, temperature=0.0)
-    assert set(y) == set(cfg.model.modalities)
+    from mmhvae.subsets import all_subsets
+
+    names = cfg.model.modalities
+    x = {m: torch.rand(32, 32, generator=torch.Generator().manual_seed(i)) for i, m in enumerate(names)}
+    for subset in all_subsets(len(names)):  # the reloaded checkpoint synthesizes from every input subset
+        inputs = {m: x[m] for m, on in zip(names, subset) if on}
+        y = model.synthesize(inputs, temperature=0.0)
+        assert set(y) == set(names) and all(v.shape == (32, 32) and torch.isfinite(v).all() for v in y.values())
+    again = load_generator(result.best_checkpoint).synthesize({"us": x["us"]}, temperature=0.0)
+    assert all(torch.equal(again[m], model.synthesize({"us": x["us"]}, temperature=0.0)[m]) for m in names)
     if cfg.model.method == "mmhvae":
         assert isinstance(model, MMHVAE)
 

@@ -164,3 +164,34 @@ def test_validation_psnr_uses_a_fixed_range_and_skips_empty_slices(tmp_path):
     # slice at -20 dB and the empty one at -80 dB.
     score = trainer.validate()
     assert score is not None and 36.0 < score < 40.01
+
+
+@pytest.mark.parametrize("selection", ["final-phase", "best", "last"])
+def test_model_selection_window(selection, tmp_path):
+    """With the GAN on from step 5 of 8, "final-phase" only keeps models trained with it."""
+    cfg = _cfg(steps=8, batch_size=4, validate_every=2, checkpoint_every=100, use_gan=True, selection=selection)
+    cfg.train.gan.start_fraction = 0.5  # GAN from step index 4: models after 5+ steps
+    trainer = Trainer(cfg, tmp_path / "run", _dataset(), _dataset(6, seed=1), progress=False)
+    scores = iter([30.0, 29.0, 20.0, 21.0])  # validation at steps 2, 4, 6, 8: PSNR drops with the GAN
+    trainer.validate = lambda: next(scores)
+    trainer.fit()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / "checkpoints" / "best.safetensors"), "pt") as f:
+        meta = f.metadata()
+    best_step = int(meta["step"])
+    if selection == "final-phase":
+        assert trainer.selection_start == 4 and best_step == 8  # 21 > 20 inside the window; 30 (no GAN) refused
+    elif selection == "best":
+        assert best_step == 2
+    else:
+        assert best_step == 8
+
+
+def test_unknown_selection_is_refused():
+    from mmhvae.config import ConfigError
+
+    cfg = preset("tiny")
+    cfg.train.selection = "median"
+    with pytest.raises(ConfigError, match="train.selection"):
+        cfg.validate()

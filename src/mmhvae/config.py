@@ -206,11 +206,18 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     validate_every: int = 200
+    # Which validated model becomes best.safetensors: "final-phase" = highest validation PSNR once the
+    # full objective is on (from the GAN start; whole run without GAN), "best" = highest over the
+    # whole run, "last" = the final model. PSNR alone would always prefer the pre-GAN model.
+    selection: str = "final-phase"
     val_subjects: int = 4
     log_every: int = 10
     amp: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
     channels_last: bool = True  # NHWC memory layout: 2-5x faster convolutions on CPU (oneDNN) and tensor cores
     device: str = "auto"
+
+
+SELECTIONS = ("final-phase", "best", "last")
 
 
 @dataclass
@@ -232,6 +239,8 @@ class ExperimentConfig:
 
     def validate(self) -> "ExperimentConfig":
         self.model.validate()
+        if self.train.selection not in SELECTIONS:
+            raise ConfigError(f"train.selection must be one of {', '.join(SELECTIONS)}, got {self.train.selection!r}")
         return self
 
     # --- YAML -------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ class Trainer:
         self.autocast_dtype = _autocast_dtype(tc.amp, self.device)
         self.step = 0
         self.best_score = -math.inf
+        self.best_step = 0
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------------------------------------
@@ -241,11 +242,35 @@ class Trainer:
         scores = [s for s in scores if s.numel()]
         return float(torch.cat(scores).mean()) if scores else None
 
+    @property
+    def selection_start(self) -> int:
+        """Models after this many steps are the candidates for ``best.safetensors`` (``train.selection``)."""
+        tc = self.cfg.train
+        if tc.selection == "last":
+            return tc.steps - 1
+        if tc.selection == "final-phase" and self.lambda_gan(tc.steps - 1) > 0:
+            return min(tc.steps - 1, math.ceil(tc.gan.start_fraction * tc.steps))  # first step with the GAN
+        return 0
+
+    def improves(self, score: float) -> bool:
+        """Does the model now (``self.step`` steps trained, validation ``score``) replace the best one?
+
+        The criterion is the mean validation PSNR over every subset and target. Before the selection
+        window (``selection_start``) the best model is provisional (an interrupted run still has
+        one); the first validated model inside the window replaces it whatever its score: PSNR would
+        otherwise always prefer the model before the GAN, which costs PSNR by design.
+        """
+        start = self.selection_start
+        if self.step > start and self.best_step <= start:
+            return True
+        return score > self.best_score
+
     # ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "best_score": self.best_score,
+            "best_step": self.best_step,
             "model": self.model.state_dict(),
             "discriminators": self.discriminators.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -273,6 +298,7 @@ class Trainer:
         self.subset_rng.set_state(state["rng_subsets"])
         self.step = int(state["step"])
         self.best_score = float(state["best_score"])
+        self.best_step = int(state.get("best_step", 0))
         self.history = list(state["history"])
 
     def save(self, best: bool = False) -> None:
@@ -334,9 +360,8 @@ class Trainer:
                     if score is not None:
                         logger.log(self.step, {"val_psnr": score})
                         self.history.append({"step": self.step, "val_psnr": score})
-                        # Fixed criterion: highest mean validation PSNR over all subsets and targets.
-                        if score > self.best_score:
-                            self.best_score, best = score, True
+                        if self.improves(score):
+                            self.best_score, self.best_step, best = score, self.step, True
                     elif self.step == tc.steps:
                         best = True  # no validation set: the final model is the best we know
                 if is_ckpt or best:

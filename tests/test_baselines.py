@@ -309,4 +309,15 @@ def test_benchmark_compare_trains_in_parallel_and_shares_identical_configs(tiny_
     assert "## Training curves" in text and (out / "training_curves.png").stat().st_size > 1000
     curves = text.split("## Training curves")[1]
     assert "| L1 |" in curves and "| L7 |" in curves
+    assert "## Summary - every method" in text
+    # A rerun trains nothing and reuses the scores (they are newer than every checkpoint).
+    scores = (out / "eval" / "metrics.csv").stat().st_mtime_ns
+    assert main([
+        "benchmark", "compare", "--methods", "L5,L7,L1", "--cohort", str(tiny_cohort),
+        "--budget-steps", "1", "--preset", "tiny", "--out", str(out), "--no-progress", "--no-compute",
+        "model.modalities=[us,t2,cet1,flair]", "train.val_subjects=1", f"data.cache_dir={tiny_cohort.parent / 'cache'}",
+    ]) == 0
+    assert (out / "eval" / "metrics.csv").stat().st_mtime_ns == scores
+    assert "reusing" in capsys.readouterr().out
+    assert (out / "comparison.md").read_text() == text
     capsys.readouterr()

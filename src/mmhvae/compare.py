@@ -73,18 +73,45 @@ def duplicate_methods(configs: Mapping[str, ExperimentConfig]) -> dict[str, str]
     return same
 
 
+def _finished_step(run_dir: Path) -> int:
+    """Training steps recorded in a run's ``last.safetensors`` (0 if none)."""
+    from safetensors import safe_open
+
+    last = Path(run_dir) / "checkpoints" / "last.safetensors"
+    if not last.is_file():
+        return 0
+    try:
+        with safe_open(str(last), "pt") as f:
+            return int((f.metadata() or {}).get("step", 0))
+    except Exception:  # unreadable: let the trainer's resume report it
+        return 0
+
+
 def _train_one(cfg: ExperimentConfig, run_dir: str, threads: Optional[int], progress: bool) -> tuple[str, float]:
-    """Train one method (in this process or a worker); returns (best checkpoint, seconds)."""
+    """Train one method (in this process or a worker); returns (best checkpoint, training seconds).
+
+    The training time accumulates over resumed sessions in ``RUN/train_seconds.txt``; a finished run
+    is not touched and reports its recorded time.
+    """
     import torch
 
     from mmhvae.train.trainer import train
 
+    run_dir_p = Path(run_dir)
+    record = run_dir_p / "train_seconds.txt"
+    before = float(record.read_text()) if record.is_file() else 0.0
+    best = run_dir_p / "checkpoints" / "best.safetensors"
+    if _finished_step(run_dir_p) >= cfg.train.steps and best.is_file() and record.is_file():
+        return str(best), before
     if threads:
         torch.set_num_threads(threads)
-    run_dir_p = Path(run_dir)
     t0 = time.perf_counter()
     result = train(cfg, run_dir_p, resume=(run_dir_p / "checkpoints").is_dir(), progress=progress)
-    return str(result.best_checkpoint), time.perf_counter() - t0
+    total = before + time.perf_counter() - t0
+    from mmhvae.atomic import atomic_write_text
+
+    atomic_write_text(record, f"{total:.3f}\n")
+    return str(result.best_checkpoint), total
 
 
 def method_configs(base: ExperimentConfig, methods: Sequence[str]) -> dict[str, ExperimentConfig]:
@@ -155,14 +182,18 @@ def run_comparison(
                 checkpoints[name], seconds[name] = Path(best), secs
                 log(f"[compare] {name} trained in {secs:.0f} s")
         checkpoints = {n: checkpoints[n] for n in todo}  # method order, not completion order
-    log(f"[compare] evaluating {len(checkpoints)} checkpoints on split {split!r}")
-    report = evaluate_checkpoints(
-        checkpoints, base.data.cohort, split, out_dir / "eval", base.eval,
-        figures=figures, progress=progress, device=device,
-    )
-    rows = [dict(r) for r in report.rows]
+    scored = reusable_scores(out_dir / "eval", checkpoints)
+    if scored is not None and not figures:
+        log(f"[compare] reusing {out_dir / 'eval' / 'metrics.csv'} (newer than every checkpoint, same methods)")
+    else:
+        log(f"[compare] evaluating {len(checkpoints)} checkpoints on split {split!r}")
+        scored = [dict(r) for r in evaluate_checkpoints(
+            checkpoints, base.data.cohort, split, out_dir / "eval", base.eval,
+            figures=figures, progress=progress, device=device,
+        ).rows]
+    rows = list(scored)
     for name, twin in same_as.items():
-        rows += [{**r, "method": name} for r in report.rows if r["method"] == twin]
+        rows += [{**r, "method": name} for r in scored if r["method"] == twin]
         checkpoints[name] = checkpoints[twin]
         seconds[name] = 0.0
     checkpoints = {n: checkpoints[n] for n in configs}
@@ -187,6 +218,23 @@ def run_comparison(
     md.write_text(text)
     (out_dir / "compute.json").write_text(json.dumps(compute_rows, indent=2))
     return ComparisonResult(out_dir, checkpoints, rows, compute_rows, md, seconds, same_as)
+
+
+def reusable_scores(eval_dir: Path, checkpoints: Mapping[str, Path]) -> Optional[list[dict[str, Any]]]:
+    """The rows of an earlier evaluation in ``eval_dir`` if it scored exactly these methods after their
+    checkpoints were last written (a rerun of a finished comparison then only rewrites the report)."""
+    from mmhvae.eval.tables import read_csv
+
+    path = Path(eval_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    written = path.stat().st_mtime
+    if any(not Path(c).is_file() or Path(c).stat().st_mtime > written for c in checkpoints.values()):
+        return None
+    rows = read_csv(path)
+    if {r.get("method") for r in rows} != set(checkpoints):
+        return None
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -232,6 +280,9 @@ def comparison_markdown(
     targets = [m for m in modalities if any(r["target"] == m for r in rows)]  # modality order, not first-seen
     table = paper_table(rows, modalities, targets=targets, metrics=metrics, methods=methods) if rows else "(no scores)\n"
     parts.append(table)
+    if rows:
+        parts += ["## Summary - every method, all input subsets pooled", "",
+                  ablation_table(rows, methods, modalities, {m: _ablation_label(m, configs[m]) for m in methods})]
     for title, members, ours in ABLATIONS:
         present = [m for m in members if m in configs]
         if ours and ours in configs and present:

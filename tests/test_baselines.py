@@ -309,6 +309,7 @@ def test_benchmark_compare_trains_in_parallel_and_shares_identical_configs(tiny_
     assert "## Training curves" in text and (out / "training_curves.png").stat().st_size > 1000
     curves = text.split("## Training curves")[1]
     assert "| L1 |" in curves and "| L7 |" in curves
+    assert "| L1 | **" in curves  # one validation (step 1): the evaluated checkpoint is marked
     assert "## Summary - every method" in text
     # A rerun trains nothing and reuses the scores (they are newer than every checkpoint).
     scores = (out / "eval" / "metrics.csv").stat().st_mtime_ns

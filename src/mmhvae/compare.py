@@ -75,14 +75,11 @@ def duplicate_methods(configs: Mapping[str, ExperimentConfig]) -> dict[str, str]
 
 def _finished_step(run_dir: Path) -> int:
     """Training steps recorded in a run's ``last.safetensors`` (0 if none)."""
-    from safetensors import safe_open
-
     last = Path(run_dir) / "checkpoints" / "last.safetensors"
     if not last.is_file():
         return 0
     try:
-        with safe_open(str(last), "pt") as f:
-            return int((f.metadata() or {}).get("step", 0))
+        return _checkpoint_step(last)
     except Exception:  # unreadable: let the trainer's resume report it
         return 0
 
@@ -213,7 +210,8 @@ def run_comparison(
 
         training_curves({n: c for n, c in curves.items() if n not in same_as}, out_dir / "training_curves.png",
                         title=f"{base.train.steps} steps, batch {base.train.batch_size}, seed {base.train.seed}")
-    text = comparison_markdown(base, configs, rows, compute_rows, seconds, split, device, same_as, curves)
+    selected = {n: _checkpoint_step(checkpoints[n]) for n in configs}
+    text = comparison_markdown(base, configs, rows, compute_rows, seconds, split, device, same_as, curves, selected)
     md = out_dir / "comparison.md"
     md.write_text(text)
     (out_dir / "compute.json").write_text(json.dumps(compute_rows, indent=2))
@@ -252,6 +250,7 @@ def comparison_markdown(
     device: str = "cpu",
     same_as: Optional[Mapping[str, str]] = None,
     curves: Optional[Mapping[str, Sequence[tuple[int, float]]]] = None,
+    selected: Optional[Mapping[str, int]] = None,
 ) -> str:
     """The whole comparison report (Markdown): settings, Table 1, ablations, compute."""
     from mmhvae.compute import machine_description, markdown_table
@@ -294,9 +293,10 @@ def comparison_markdown(
     if compute_rows:
         parts += ["## Compute (one slice, random weights)", "", markdown_table(compute_rows)]
     if curves and any(curves.values()):
-        parts += ["## Training curves", "", curves_table(curves), "",
+        parts += ["## Training curves", "", curves_table(curves, selected), "",
                   "Validation PSNR (dB; mean over every input subset and target, τ = 0, the trainer's model "
-                  "selection score) at each validation step; **bold**: the checkpoint evaluated above (best). "
+                  "selection score) at each validation step; **bold**: the checkpoint evaluated above "
+                  f"(`train.selection={base.train.selection}`). "
                   "A curve still rising at the last step means the budget was too small for that method. "
                   "Plot: `training_curves.png`.", ""]
     return "\n".join(parts) + "\n"
@@ -319,18 +319,33 @@ def read_curves(run_dirs: Mapping[str, Path], key: str = "val_psnr") -> dict[str
     return out
 
 
-def curves_table(curves: Mapping[str, Sequence[tuple[int, float]]], decimals: int = 2) -> str:
-    """Markdown table: one row per method, one column per logged step; the best value per row in bold."""
+def _checkpoint_step(path: Path) -> int:
+    """The training step recorded in a generator checkpoint's metadata (0 if absent)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return int((f.metadata() or {}).get("step", 0))
+
+
+def curves_table(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    selected: Optional[Mapping[str, int]] = None,
+    decimals: int = 2,
+) -> str:
+    """Markdown table: one row per method, one column per logged step; in bold the value at the
+    ``selected`` step of each method (the evaluated checkpoint), else the row's best value."""
     steps = sorted({s for pts in curves.values() for s, _ in pts})
     lines = ["| Method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
     for name, pts in curves.items():
         values = dict(pts)
-        best = max(values.values()) if values else None
+        mark = (selected or {}).get(name)
+        if mark not in values:
+            mark = max(values, key=values.get) if values else None
         cells = []
         for s in steps:
             v = values.get(s)
             text = "" if v is None else f"{v:.{decimals}f}"
-            cells.append(f"**{text}**" if v is not None and v == best else text)
+            cells.append(f"**{text}**" if s == mark else text)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

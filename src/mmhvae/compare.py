@@ -78,9 +78,11 @@ def _finished_step(run_dir: Path) -> int:
     last = Path(run_dir) / "checkpoints" / "last.safetensors"
     if not last.is_file():
         return 0
+    from mmhvae.train.checkpoint import CheckpointError
+
     try:
         return _checkpoint_step(last)
-    except Exception:  # unreadable: let the trainer's resume report it
+    except CheckpointError:  # unreadable: let the trainer's resume report it
         return 0
 
 
@@ -321,10 +323,9 @@ def read_curves(run_dirs: Mapping[str, Path], key: str = "val_psnr") -> dict[str
 
 def _checkpoint_step(path: Path) -> int:
     """The training step recorded in a generator checkpoint's metadata (0 if absent)."""
-    from safetensors import safe_open
+    from mmhvae.train.checkpoint import read_metadata
 
-    with safe_open(str(path), "pt") as f:
-        return int((f.metadata() or {}).get("step", 0))
+    return int(read_metadata(path).get("step", 0))
 
 
 def curves_table(

@@ -60,17 +60,25 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     return path
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors checkpoint file (``step``, ``config``, ...), without its weights."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+
+
 def read_generator(path: str | Path) -> tuple[dict[str, torch.Tensor], ExperimentConfig, dict[str, str]]:
     """Weights, resolved config and metadata of a generator checkpoint, with clear errors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = resolve_checkpoint(path)
+    metadata = read_metadata(path)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None

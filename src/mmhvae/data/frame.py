@@ -427,8 +427,9 @@ def tiles(foreground: np.ndarray, frame: TrainingFrame, overlap: Optional[int] =
 
     One window centred on the foreground's in-plane bounding box when it fits; otherwise a grid of
     windows overlapping by at least ``overlap`` pixels (default :func:`default_overlap`) whose union
-    covers the box. An empty foreground gives one window centred on the array. Windows may reach
-    outside the array (:func:`cut` pads them).
+    covers the box. The box is taken over all slices, so every slice uses the same windows. An empty
+    foreground gives one window centred on the array. Windows may reach outside the array (:func:`cut`
+    pads them).
     """
     size = frame.size
     overlap = default_overlap(size) if overlap is None else int(overlap)

@@ -32,12 +32,12 @@ def test_items_have_the_documented_shapes(cohort, cfg):
     dataset = SliceDataset(cohort, cohort.subjects, cfg, MODALITIES, SIZE)
     assert len(dataset) > 0 and dataset.cache_misses == 6
     item = dataset[0]
-    assert item["images"].shape == (4, SIZE, SIZE) and item["images"].dtype == torch.float32
+    assert item["targets"].shape == (4, SIZE, SIZE) and item["targets"].dtype == torch.float32
     assert item["available"].shape == (4,) and item["available"].dtype == torch.bool
     assert item["seg"].shape == (SIZE, SIZE) and item["seg"].dtype == torch.long
     assert item["has_seg"] is True and isinstance(item["subject"], str) and isinstance(item["slice"], int)
     batch = next(iter(DataLoader(dataset, batch_size=5)))
-    assert batch["images"].shape == (5, 4, SIZE, SIZE) and batch["available"].shape == (5, 4)
+    assert batch["targets"].shape == (5, 4, SIZE, SIZE) and batch["available"].shape == (5, 4)
 
 
 def test_missing_modalities_are_zero_and_flagged(cohort, cfg):
@@ -49,9 +49,9 @@ def test_missing_modalities_are_zero_and_flagged(cohort, cfg):
         assert item["available"].tolist() == list(subject.available(MODALITIES))
         for j, present in enumerate(item["available"].tolist()):
             if not present:
-                assert torch.count_nonzero(item["images"][j]) == 0
+                assert torch.count_nonzero(item["targets"][j]) == 0
                 seen_missing += 1
-        assert item["images"][0].max() <= 1.0  # ultrasound min-max harmonized
+        assert item["targets"][0].max() <= 1.0  # ultrasound min-max harmonized
     assert seen_missing > 0
     assert len(dataset.patterns) == len(set(s.available(MODALITIES) for s in cohort.subjects))
 
@@ -69,21 +69,21 @@ def test_harmonized_and_foreground_only(cohort, cfg):
 
 def test_second_epoch_streams_from_the_memmap_cache(cohort, cfg):
     first = SliceDataset(cohort, cohort.subjects, cfg, MODALITIES, SIZE)
-    items = [first[i]["images"] for i in range(len(first))]
+    items = [first[i]["targets"] for i in range(len(first))]
     again = SliceDataset(cohort, cohort.subjects, cfg, MODALITIES, SIZE)
     assert again.cache_hits == 6 and again.cache_misses == 0
-    assert all(torch.equal(items[i], again[i]["images"]) for i in range(len(again)))
+    assert all(torch.equal(items[i], again[i]["targets"]) for i in range(len(again)))
     maps = again.arrays(0)
     assert maps and all(isinstance(a, np.memmap) for a in maps.values())
     assert len(again._open) <= 32
     # Another setting (image size) is another cache entry, never a stale one.
     resized = SliceDataset(cohort, cohort.subjects[:2], cfg, MODALITIES, 48)
-    assert resized.cache_misses == 2 and resized[0]["images"].shape == (4, 48, 48)
+    assert resized.cache_misses == 2 and resized[0]["targets"].shape == (4, 48, 48)
 
 
 def test_subjects_are_restricted_to_the_model_modalities(cohort, cfg):
     dataset = SliceDataset(cohort, cohort.subjects, cfg, ["us", "cet1"], SIZE)
-    assert dataset[0]["images"].shape == (2, SIZE, SIZE)
+    assert dataset[0]["targets"].shape == (2, SIZE, SIZE)
     flair_only = SliceDataset(cohort, cohort.subjects, cfg, ["flair"], SIZE)
     assert len(flair_only.skipped) == sum("flair" not in s.paths for s in cohort.subjects)
 
@@ -107,7 +107,7 @@ def test_augmentation_is_shared_and_keeps_missing_zero(cohort, cfg):
     assert set(out_seg.unique().tolist()) <= {0, 2} and not torch.equal(out_seg, seg)
     dataset = SliceDataset(cohort, cohort.subjects, cfg, MODALITIES, SIZE, augment=True)
     item = dataset[0]
-    assert item["images"].shape == (4, SIZE, SIZE)
+    assert item["targets"].shape == (4, SIZE, SIZE)
 
 
 def test_crop_to_the_ultrasound_field_of_view(cohort, cfg):
@@ -117,4 +117,4 @@ def test_crop_to_the_ultrasound_field_of_view(cohort, cfg):
     extent = [stop - start for start, stop in box]
     assert all(e <= n for e, n in zip(extent, (32, 28, 16))) and extent != [32, 28, 16]
     # Every kept slice shows some of the ultrasound sector.
-    assert all(dataset[i]["images"][0].max() > 0 for i in range(len(dataset)))
+    assert all(dataset[i]["targets"][0].max() > 0 for i in range(len(dataset)))

@@ -1,10 +1,12 @@
-"""Volume synthesis: every modality from any non-empty subset of NIfTI inputs (DESIGN §5, §7).
+"""Volume synthesis: every modality from any non-empty subset of NIfTI inputs (DESIGN §3, §5, §7).
 
-A volume is harmonized like the training data (``config.data``), cut into slices along the
-training axis, synthesized in batches and restacked into the input's shape, affine and header.
-Outputs are float32. Targets that were also inputs are mapped back to the input's intensity range;
-synthesized missing modalities have no acquired range to return to and stay in harmonized units
-(e.g. white-matter median = 1/7 for T2), which is the paper's "harmonized synthesis".
+Inputs are read as acquired and scaled per image exactly as the encoders saw them in training
+(:mod:`mmhvae.data.input_normalization`; no harmonization, so no white-matter estimate is needed),
+cut into slices along the training axis, synthesized in batches and restacked into the input's shape,
+affine and header. Outputs are float32 in **harmonized units** (paper §4.4.1: e.g. white-matter
+median = 1/7 for T2, ultrasound in [0, 1]), for every target, including one that was also an input
+(the model harmonizes it). ``acquired_range=True`` maps such a target back to its input's intensity
+range instead (that harmonizes the input too, so it needs a white-matter estimate or ``wm_mask``).
 """
 
 from __future__ import annotations
@@ -61,31 +63,52 @@ def _check_geometry(images: dict[str, tuple[nib.spatialimages.SpatialImage, str]
             )
 
 
+def _mask_array(name: str, value: Optional[ImageLike], like: nib.spatialimages.SpatialImage, tolerance: float):
+    if value is None:
+        return None
+    img, src = _as_image(name, value)
+    _check_geometry({"reference": (like, "the inputs"), name: (img, src)}, tolerance)
+    return np.asarray(img.dataobj) > 0
+
+
 @torch.no_grad()
 def synthesize_volume(
     model: nn.Module | str | Path,
     inputs: Mapping[str, ImageLike],
     targets: Optional[Sequence[str]] = None,
-    temperature: float = 0.0,
+    temperature: Optional[float] = None,
     samples: int = 1,
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = False,
+    brain_mask: Optional[ImageLike] = None,
+    wm_mask: Optional[ImageLike] = None,
+    acquired_range: bool = False,
 ) -> dict[str, nib.Nifti1Image]:
     """Synthesize ``targets`` (default: every modality) from the given subset of volumes.
 
     Args:
         model: a loaded generator or a checkpoint path.
         inputs: modality name -> NIfTI path or nibabel image; all on one grid.
-        temperature: tau of the posterior sampling (0 = deterministic mean output; paper: 0.5).
+        temperature: tau of the posterior sampling (0 = deterministic mean output); default: the
+            checkpoint's ``eval.temperature``.
         samples: K > 1 draws K samples; the result holds their voxel-wise mean under ``target``
             and their standard deviation under ``target + "_std"`` (an uncertainty map).
+        seed: seeds a local random generator (the global one is not touched).
+        brain_mask, wm_mask: optional masks on the inputs' grid (path or image, > 0 = inside). The
+            brain mask bounds the input scaling statistics, as a ``mask`` column does in training;
+            the white-matter mask is used only with ``acquired_range``.
+        acquired_range: map targets that were inputs back to the acquired intensity range.
     Returns:
-        name -> float32 NIfTI with the inputs' shape, affine and header.
+        name -> float32 NIfTI with the inputs' shape, affine and header (harmonized units unless
+        ``acquired_range``).
     """
     from mmhvae.data.cohort import SubjectVolumes
+    from mmhvae.data.foreground import foreground_mask
     from mmhvae.data.harmonize import harmonize_subject, invert_harmonization
+    from mmhvae.data.input_normalization import normalize_input_slices, normalize_input_volume
     from mmhvae.data.slices import slices_to_volume, volume_to_slices
+    from mmhvae.models.protocol import check_temperature, default_temperature, synthesize_batched
 
     if not isinstance(model, nn.Module):
         model = load_model(model)
@@ -102,51 +125,49 @@ def synthesize_volume(
     bad = [t for t in targets if t not in modalities]
     if bad:
         raise ValueError(f"unknown target modality {bad}; this model knows {modalities}")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    if samples < 1 or batch_size < 1:
+        raise ValueError(f"samples and batch size must be >= 1, got {samples} and {batch_size}")
+    tau = check_temperature(default_temperature(model) if temperature is None else temperature)
 
+    tolerance = getattr(cfg.data, "affine_tolerance", 1e-3)
     loaded = {m: _as_image(m, v) for m, v in inputs.items()}
-    _check_geometry(loaded, getattr(cfg.data, "affine_tolerance", 1e-3))
+    _check_geometry(loaded, tolerance)
     ref_img = next(iter(loaded.values()))[0]
     arrays = {m: np.asarray(img.dataobj, dtype=np.float32) for m, (img, _) in loaded.items()}
-    volumes = SubjectVolumes(name="input", images=arrays, affine=ref_img.affine, header=ref_img.header,
-                             seg=None, brain_mask=None, wm_mask=None)
-    harmonized, params = harmonize_subject(volumes, cfg.data)
+    brain = _mask_array("brain mask", brain_mask, ref_img, tolerance)
+    wm = _mask_array("white-matter mask", wm_mask, ref_img, tolerance)
+    own = {m: brain if brain is not None else foreground_mask(a) for m, a in arrays.items()}
 
     axis, size = cfg.data.slice_axis, model.cfg.image_size
     sliced = {}
     geometry = None
-    for m, vol in harmonized.items():
-        sliced[m], geometry = volume_to_slices(vol, axis, size)
+    for m, volume in arrays.items():
+        raw, geometry = volume_to_slices(normalize_input_volume(volume, cfg.data, own[m]), axis, size)
+        mask, _ = volume_to_slices(own[m], axis, size)
+        sliced[m] = normalize_input_slices(raw, cfg.data, mask)
     occupied = np.zeros(len(geometry.indices), dtype=bool)
     for m in sliced:  # slices where every input is empty are background: nothing to synthesize
-        occupied |= np.abs(arrays[m]).sum(axis=tuple(a for a in range(3) if a != axis)) > 0
+        occupied |= own[m].any(axis=tuple(a for a in range(3) if a != axis))
     keep = np.flatnonzero(occupied)
 
-    device = next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    draws = {t: np.zeros((samples, len(geometry.indices), size, size), dtype=np.float32) for t in targets}
-    batches = [keep[i : i + batch_size] for i in range(0, len(keep), batch_size)]
-    iterator = batches
-    if progress:
-        from tqdm.auto import tqdm
+    params = {}
+    if acquired_range and any(t in arrays for t in targets):
+        volumes = SubjectVolumes(name="input", images=arrays, affine=ref_img.affine, header=ref_img.header,
+                                 seg=None, brain_mask=brain, wm_mask=wm)
+        _, params = harmonize_subject(volumes, cfg.data)
 
-        iterator = tqdm(batches, desc="synthesize", unit="batch")
-    model.eval()
-    for idx in iterator:
-        batch = {m: torch.from_numpy(np.ascontiguousarray(s[idx])).to(device) for m, s in sliced.items()}
-        for k in range(samples):
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            out = model.synthesize(batch, temperature=temperature, targets=targets)
-            for t in targets:
-                draws[t][k, idx] = out[t].float().cpu().numpy()
+    draws = {t: np.zeros((samples, len(geometry.indices), size, size), dtype=np.float32) for t in targets}
+    if keep.size:
+        out = synthesize_batched(model, {m: s[keep] for m, s in sliced.items()}, tau, batch_size, targets,
+                                 samples, seed=seed, progress=progress)
+        for t in targets:
+            draws[t][:, keep] = out[t]
 
     results: dict[str, nib.Nifti1Image] = {}
     header = ref_img.header.copy()
     header.set_data_dtype(np.float32)
     for t in targets:
-        stack = draws[t].mean(axis=0)
-        vol = slices_to_volume(stack, geometry, fill=0.0)
+        vol = slices_to_volume(draws[t].mean(axis=0), geometry, fill=0.0)
         if t in params:  # back to the acquired intensity range of this input
             vol = invert_harmonization(vol, params[t])
         results[t] = nib.Nifti1Image(vol.astype(np.float32), ref_img.affine, header)

@@ -34,14 +34,14 @@ def mean_image_baseline(cohort_source, modalities, data_cfg, image_size, test_su
     counts = {m: 0 for m in modalities}
     for subject in cohort.select("train"):
         pre = preprocess_subject(subject, data_cfg, modalities, image_size)
-        for m, slices in pre.images.items():
+        for m, slices in pre.targets.items():
             sums[m] += slices.sum(axis=0)
             counts[m] += slices.shape[0]
     means = {m: sums[m] / max(counts[m], 1) for m in modalities}
     scores: dict[str, list[float]] = {m: [] for m in modalities}
     for subject in cohort.select("test")[: test_subjects or None]:
         pre = preprocess_subject(subject, data_cfg, modalities, image_size)
-        for m, slices in pre.images.items():
+        for m, slices in pre.targets.items():
             pred = np.broadcast_to(means[m], slices.shape).astype(np.float32)
             scores[m].append(psnr(pred, slices))
     return {m: float(np.mean(v)) for m, v in scores.items() if v}

@@ -1,10 +1,12 @@
 """2D training slices from a cohort, preprocessed once per subject and streamed from disk (DESIGN §3).
 
 Preprocessing of one subject = load and validate (:func:`~mmhvae.data.cohort.load_subject`),
-harmonize (:func:`~mmhvae.data.harmonize.harmonize_subject`), optionally crop to the field of view of
-one modality (the ultrasound), keep the slices with foreground, centre pad/crop them to the model
-size. The result is written as one ``.npy`` per present modality ``(N, H, W)`` (plus ``seg.npy`` and
-``meta.json``) under a cache folder keyed by a hash of the preprocessing settings and of the files'
+make the two versions of every image the paper uses (§4.4.1): the **input** the encoders see
+(acquired intensities scaled per image, :mod:`~mmhvae.data.input_normalization`) and the **target**
+the loss and the evaluator score (harmonized, :func:`~mmhvae.data.harmonize.harmonize_subject`);
+optionally crop to the field of view of one modality (the ultrasound), keep the slices with
+foreground, centre pad/crop them to the model size. The result is written as two ``.npy`` per present
+modality ``(N, H, W)`` (``{m}.npy`` target, ``{m}.input.npy`` input; plus ``seg.npy`` and ``meta.json``) under a cache folder keyed by a hash of the preprocessing settings and of the files'
 paths, sizes and modification times; later epochs and runs read it back with
 ``np.load(mmap_mode="r")``. Only the index (subject, slice) lives in memory, so a cohort larger than
 memory streams subject by subject.
@@ -30,12 +32,14 @@ from torch.utils.data import Dataset, Sampler, WeightedRandomSampler
 
 from mmhvae.config import DataConfig
 from mmhvae.data.cohort import Cohort, CohortError, Subject, load_subject
+from mmhvae.data.foreground import foreground_mask, subject_foreground
 from mmhvae.data.harmonize import harmonize_subject
+from mmhvae.data.input_normalization import normalize_input_slices, normalize_input_volume
 from mmhvae.data.slices import crop_box_to_mask, foreground_slices, volume_to_slices
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the preprocessing changes what it writes
+CACHE_VERSION = 2  # bump when the preprocessing changes what it writes
 # DataConfig fields that do not change the preprocessed slices (so they must not change the cache key).
 _NOT_PREPROCESSING = {
     "cohort", "modality_aliases", "balance_patterns", "augment", "augment_flip", "augment_rotation",
@@ -79,10 +83,12 @@ def subject_key(subject: Subject) -> str:
 
 @dataclass
 class PreprocessedSubject:
-    """Slices of one subject: ``images[m]`` float32 ``(N, H, W)`` for each present modality,
-    ``seg`` int16 ``(N, H, W)`` or None, and ``meta`` (JSON-able: indices, geometry, harmonization)."""
+    """Slices of one subject, float32 ``(N, H, W)`` for each present modality: ``inputs[m]`` (what the
+    encoders see, not harmonized) and ``targets[m]`` (harmonized: what is scored); ``seg`` int16
+    ``(N, H, W)`` or None, and ``meta`` (JSON-able: indices, geometry, harmonization)."""
 
-    images: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
     seg: Optional[np.ndarray]
     meta: dict
 
@@ -90,17 +96,16 @@ class PreprocessedSubject:
 def preprocess_subject(
     subject: Subject, cfg: DataConfig, modalities: list[str], image_size: int
 ) -> PreprocessedSubject:
-    """Load, validate, harmonize and slice one subject (see the module docstring)."""
+    """Load, validate, normalize (inputs), harmonize (targets) and slice one subject (module docstring)."""
     volumes = load_subject(subject, cfg.affine_tolerance, modalities)
-    images, params = harmonize_subject(volumes, cfg)
+    targets, params = harmonize_subject(volumes, cfg)
+    own_foreground = {
+        m: volumes.brain_mask if volumes.brain_mask is not None else foreground_mask(v)
+        for m, v in volumes.images.items()
+    }
+    inputs = {m: normalize_input_volume(v, cfg, own_foreground[m]) for m, v in volumes.images.items()}
     shape = volumes.shape
-    if volumes.brain_mask is not None:
-        foreground = volumes.brain_mask
-    else:
-        # Skull-stripped data: anything above the background in any modality.
-        foreground = np.zeros(shape, dtype=bool)
-        for volume in volumes.images.values():
-            foreground |= volume > 0
+    foreground = subject_foreground(volumes.images, volumes.brain_mask)
     box = tuple(slice(0, n) for n in shape)
     if cfg.crop_to_modality and cfg.crop_to_modality in volumes.images:
         field_of_view = volumes.images[cfg.crop_to_modality] > 0
@@ -113,16 +118,19 @@ def preprocess_subject(
         indices = foreground_slices(foreground, cfg.slice_axis, cfg.min_foreground_fraction)
     else:
         indices = np.arange(foreground.shape[cfg.slice_axis])
-    sliced = {}
+    sliced_targets, sliced_inputs = {}, {}
     geometry = None
-    for modality, volume in images.items():
-        sliced[modality], geometry = volume_to_slices(volume[box], cfg.slice_axis, image_size, indices)
+    for modality, volume in targets.items():
+        sliced_targets[modality], geometry = volume_to_slices(volume[box], cfg.slice_axis, image_size, indices)
+        raw, _ = volume_to_slices(inputs[modality][box], cfg.slice_axis, image_size, indices)
+        own, _ = volume_to_slices(own_foreground[modality][box], cfg.slice_axis, image_size, indices)
+        sliced_inputs[modality] = normalize_input_slices(raw, cfg, own)
     seg = None
     if volumes.seg is not None:
         seg, geometry = volume_to_slices(volumes.seg[box].astype(np.int16), cfg.slice_axis, image_size, indices)
     meta = {
         "subject": subject.name,
-        "available": [m in images for m in modalities],
+        "available": [m in targets for m in modalities],
         "modalities": list(modalities),
         "num_slices": int(len(indices)),
         "box": [[b.start, b.stop] for b in box],
@@ -130,7 +138,7 @@ def preprocess_subject(
         "harmonization": {m: p.to_dict() for m, p in params.items()},
         "has_seg": seg is not None,
     }
-    return PreprocessedSubject(sliced, seg, meta)
+    return PreprocessedSubject(sliced_inputs, sliced_targets, seg, meta)
 
 
 def _write_cache(folder: Path, data: PreprocessedSubject) -> None:
@@ -138,8 +146,9 @@ def _write_cache(folder: Path, data: PreprocessedSubject) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        for modality, array in data.images.items():
+        for modality, array in data.targets.items():
             np.save(tmp / f"{modality}.npy", np.ascontiguousarray(array, dtype=np.float32))
+            np.save(tmp / f"{modality}.input.npy", np.ascontiguousarray(data.inputs[modality], dtype=np.float32))
         if data.seg is not None:
             np.save(tmp / "seg.npy", np.ascontiguousarray(data.seg, dtype=np.int16))
         (tmp / "meta.json").write_text(json.dumps(data.meta, indent=1))
@@ -170,8 +179,9 @@ class _Entry:
 class SliceDataset(Dataset):
     """2D slices of ``subjects`` with per-sample availability masks.
 
-    Each item is a dict: ``images`` FloatTensor ``(M, H, W)`` over ``modalities`` (a missing modality is
-    all zeros, flagged only by ``available``), ``available`` BoolTensor ``(M,)``, ``seg`` LongTensor
+    Each item is a dict: ``inputs`` and ``targets`` FloatTensors ``(M, H, W)`` over ``modalities`` (what
+    the encoders see, and the harmonized images that are scored; a missing modality is all zeros in
+    both, flagged only by ``available``), ``available`` BoolTensor ``(M,)``, ``seg`` LongTensor
     ``(H, W)`` (zeros when the subject has none), ``has_seg`` bool, ``subject`` str and ``slice`` int (the
     index along the slice axis of the possibly cropped volume). ``H = W = image_size``.
 
@@ -237,12 +247,17 @@ class SliceDataset(Dataset):
         return _Entry(subject.name, folder, available, int(meta["num_slices"]), bool(meta["has_seg"]))
 
     def arrays(self, entry: int) -> dict[str, np.ndarray]:
-        """Read-only memory maps ``(N, H, W)`` of one subject's modalities (and ``seg``), opened lazily."""
+        """Read-only memory maps ``(N, H, W)`` of one subject's targets ``m``, inputs ``m.input`` (and
+        ``seg``), opened lazily."""
         if entry in self._open:
             self._open.move_to_end(entry)
             return self._open[entry]
         e = self.entries[entry]
-        maps = {m: np.load(e.folder / f"{m}.npy", mmap_mode="r") for m, a in zip(self.modalities, e.available) if a}
+        maps = {}
+        for m, present in zip(self.modalities, e.available):
+            if present:
+                maps[m] = np.load(e.folder / f"{m}.npy", mmap_mode="r")
+                maps[f"{m}.input"] = np.load(e.folder / f"{m}.input.npy", mmap_mode="r")
         if e.has_seg:
             maps["seg"] = np.load(e.folder / "seg.npy", mmap_mode="r")
         self._open[entry] = maps
@@ -269,18 +284,21 @@ class SliceDataset(Dataset):
         e = self.entries[entry]
         maps = self.arrays(entry)
         size = self.image_size
-        images = torch.zeros((len(self.modalities), size, size), dtype=torch.float32)
+        M = len(self.modalities)
+        stacked = torch.zeros((2 * M, size, size), dtype=torch.float32)  # targets, then inputs
         for j, (modality, present) in enumerate(zip(self.modalities, e.available)):
             if present:
-                images[j] = torch.from_numpy(np.array(maps[modality][k], dtype=np.float32))
+                stacked[j] = torch.from_numpy(np.array(maps[modality][k], dtype=np.float32))
+                stacked[M + j] = torch.from_numpy(np.array(maps[f"{modality}.input"][k], dtype=np.float32))
         if e.has_seg:
             seg = torch.from_numpy(np.array(maps["seg"][k], dtype=np.int64))
         else:
             seg = torch.zeros((size, size), dtype=torch.long)
-        if self.augment:
-            images, seg = augment_sample(images, seg, self.cfg)
+        if self.augment:  # one transform for inputs and targets alike
+            stacked, seg = augment_sample(stacked, seg, self.cfg)
         return {
-            "images": images,
+            "inputs": stacked[M:],
+            "targets": stacked[:M],
             "available": torch.tensor(e.available, dtype=torch.bool),
             "seg": seg,
             "has_seg": e.has_seg,

@@ -20,11 +20,13 @@ from typing import Optional
 import numpy as np
 
 from mmhvae.config import DataConfig
+from mmhvae.errors import InputDataError
+from mmhvae.data.foreground import background_value, foreground_mask
 
 _RANKS = {"darkest": 0, "middle": 1, "brightest": 2}
 
 
-class HarmonizationError(ValueError):
+class HarmonizationError(InputDataError):
     """Harmonization cannot be computed (no brain voxels, no WM rule or target for a modality, ...)."""
 
 
@@ -45,7 +47,9 @@ class HarmonizationParams:
 
 
 def brain_mask_of(volume: np.ndarray, brain_mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """The brain voxels ``(X, Y, Z)``: the supplied mask, else ``volume > 0`` (skull-stripped data).
+    """The brain voxels ``(X, Y, Z)``: the supplied mask, else the voxels that differ from the volume's
+    constant background (:func:`~mmhvae.data.foreground.foreground_mask`: 0 for skull-stripped data,
+    a negative constant for z-scored volumes).
 
     Images with skull or a noisy background need a supplied brain mask (``mask`` column).
     """
@@ -54,10 +58,21 @@ def brain_mask_of(volume: np.ndarray, brain_mask: Optional[np.ndarray] = None) -
         if mask.shape != volume.shape:
             raise HarmonizationError(f"brain mask shape {mask.shape} differs from the image shape {volume.shape}")
     else:
-        mask = volume > 0
+        mask = foreground_mask(volume)
     if not mask.any():
         raise HarmonizationError("no brain voxels (empty brain mask, or no voxel > 0 in the image)")
     return mask
+
+
+def clip_below_background(volume: np.ndarray) -> np.ndarray:
+    """MR magnitudes do not go below the background: values under it are resampling ringing.
+
+    The floor is the volume's constant background (0 for most data; the negative background of a
+    z-scored volume, whose negative brain values are real) or 0 when it has none.
+    """
+    background = background_value(volume)
+    floor = np.float32(0.0 if background is None else min(background, 0.0))
+    return np.maximum(volume, floor)
 
 
 def kmeans_1d(values: np.ndarray, classes: int = 3, iterations: int = 100) -> np.ndarray:
@@ -139,7 +154,7 @@ def harmonize(
         offset, scale, method = 0.0, 1.0, "none"
     else:
         if cfg.clip_negative:
-            volume = np.maximum(volume, 0.0)
+            volume = clip_below_background(volume)
         if cfg.harmonization == "percentile":
             lo, hi = np.percentile(volume[brain_mask_of(volume, brain_mask)], cfg.percentiles)
             offset, scale = float(lo), (1.0 / float(hi - lo) if hi > lo else 1.0)
@@ -199,7 +214,7 @@ def harmonize_subject(volumes, cfg: DataConfig) -> tuple[dict[str, np.ndarray], 
         if modality not in estimated:
             volume = volumes.images[modality]
             if cfg.clip_negative:
-                volume = np.maximum(volume, 0.0)
+                volume = clip_below_background(volume)
             estimated[modality] = estimate_wm_mask(volume, modality, cfg, volumes.brain_mask)
         return estimated[modality]
 

@@ -2,7 +2,10 @@
 
 For each subject of the split, each checkpoint synthesizes every available modality from every
 non-empty subset of the subject's available modalities (2^|r| - 1 subsets; 2^M - 1 for complete
-subjects), on the harmonized foreground slices used in training. Scores are per subject (PSNR,
+subjects), on the foreground slices used in training: the model reads the inputs as acquired (scaled
+per image) and is scored against the harmonized targets, so a target that is also an input is a
+harmonization task (● in the table), a missing one a synthesis task (○), as in the paper's Table 1.
+Scores are per subject (PSNR,
 SSIM 2D per slice, SSIM 3D over the slice stack, LPIPS); tables give mean (std) over subjects.
 """
 
@@ -32,23 +35,15 @@ class EvaluationReport:
         return float(np.mean(vals)) if vals else float("nan")
 
 
-@torch.no_grad()
 def synthesize_slices(
-    model, inputs: Mapping[str, np.ndarray], temperature: float, batch_size: int = 16,
-    targets: Optional[Sequence[str]] = None,
+    model, inputs: Mapping[str, np.ndarray], temperature: Optional[float], batch_size: int = 16,
+    targets: Optional[Sequence[str]] = None, seed: Optional[int] = None,
 ) -> dict[str, np.ndarray]:
-    """``{modality: (N, H, W)}`` harmonized slices -> ``{target: (N, H, W)}`` synthesized slices."""
-    device = next(model.parameters()).device
-    n = next(iter(inputs.values())).shape[0]
-    targets = list(targets or model.cfg.modalities)
-    out = {t: np.zeros((n, *next(iter(inputs.values())).shape[1:]), dtype=np.float32) for t in targets}
-    for start in range(0, n, batch_size):
-        batch = {m: torch.from_numpy(np.ascontiguousarray(v[start : start + batch_size])).to(device)
-                 for m, v in inputs.items()}
-        res = model.synthesize(batch, temperature=temperature, targets=targets)
-        for t in targets:
-            out[t][start : start + batch_size] = res[t].float().cpu().numpy()
-    return out
+    """``{modality: (N, H, W)}`` input slices -> ``{target: (N, H, W)}`` synthesized (harmonized) slices."""
+    from mmhvae.models.protocol import synthesize_batched
+
+    out = synthesize_batched(model, inputs, temperature, batch_size, targets, samples=1, seed=seed)
+    return {t: v[0] for t, v in out.items()}
 
 
 @torch.no_grad()
@@ -127,17 +122,18 @@ def evaluate_checkpoints(
         if key not in cached:
             cached[key] = preprocess_subject(subject, model.config.data, modalities, model.cfg.image_size)
         pre = cached[key]
-        avail = [m in pre.images for m in modalities]
+        avail = [m in pre.targets for m in modalities]
         if not any(avail):
             continue
         grid_rows = []
         for subset in subsets_of(avail):
-            inputs = {m: pre.images[m] for m, b in zip(modalities, subset) if b}
+            inputs = {m: pre.inputs[m] for m, b in zip(modalities, subset) if b}
             targets = [m for m, a in zip(modalities, avail) if a]
-            synth = synthesize_slices(model, inputs, eval_cfg.temperature, eval_cfg.batch_size, targets)
+            synth = synthesize_slices(model, inputs, eval_cfg.temperature, eval_cfg.batch_size, targets,
+                                      seed=0)
             sname = subset_name(subset, modalities)
             for t in targets:
-                scores = score_volume(synth[t], pre.images[t], axis=0, data_range=data_range,
+                scores = score_volume(synth[t], pre.targets[t], axis=0, data_range=data_range,
                                       lpips_model=lpips_model, with_ssim3d=eval_cfg.ssim_3d,
                                       with_lpips=eval_cfg.lpips)
                 acc.add_scores(name, sname, t, subject.name, scores)
@@ -156,7 +152,8 @@ def evaluate_checkpoints(
         f"# Synthesis on split '{split}' of {cohort_source}\n\n"
         f"{len(subjects)} subjects; temperature {eval_cfg.temperature}; data range "
         f"{'per-volume (max - min) of the ground truth' if data_range is None else data_range}; "
-        f"foreground slices only. SSIM and LPIPS in %. LPIPS: "
+        f"foreground slices only. Inputs as acquired (scaled per image), targets harmonized: a target "
+        f"marked ● is harmonized from itself, ○ is synthesized. SSIM and LPIPS in %. LPIPS: "
         f"{'AlexNet v0.1' if lpips_model is not None else 'unavailable (weights could not be obtained)'}.\n\n"
     )
     from mmhvae.atomic import atomic_write_text
@@ -169,12 +166,13 @@ def _figures(model, method, pre, modalities, avail, grid_rows, out_dir: Path, ev
     from mmhvae.eval.figures import latent_pca, subset_grid, temperature_sweep
 
     made = []
-    n = next(iter(pre.images.values())).shape[0]
+    n = next(iter(pre.targets.values())).shape[0]
     mid = n // 2
     targets = [m for m, a in zip(modalities, avail) if a]
-    truth = {m: pre.images[m][mid] for m in targets}
+    truth = {m: pre.targets[m][mid] for m in targets}
+    given = {m: pre.inputs[m][mid] for m in targets}
     rows = [(s, {t: synth[t][mid] for t in targets}) for s, synth in grid_rows]
-    made.append(subset_grid(truth, rows, truth, out_dir / f"grid_{method}_{pre.meta['subject']}.png",
+    made.append(subset_grid(given, rows, truth, out_dir / f"grid_{method}_{pre.meta['subject']}.png",
                             modalities=targets, targets=targets,
                             title=f"{method}: {pre.meta['subject']}, slice {mid}"))
     # Temperature sweep (paper Fig. 5): the first available modality -> the others.
@@ -183,21 +181,18 @@ def _figures(model, method, pre, modalities, avail, grid_rows, out_dir: Path, ev
     if others:
         sweep = {}
         for tau in (0.0, 0.3, 0.5, 0.7, 1.0):
-            samples = []
-            for k in range(3):
-                torch.manual_seed(k)
-                samples.append(synthesize_slices(model, {source: pre.images[source][mid : mid + 1]}, tau,
-                                                 targets=[others[0]])[others[0]][0])
+            samples = [synthesize_slices(model, {source: pre.inputs[source][mid : mid + 1]}, tau,
+                                         targets=[others[0]], seed=k)[others[0]][0] for k in range(3)]
             sweep[tau] = np.stack(samples)
         made.append(temperature_sweep(sweep, out_dir / f"temperature_{method}_{source}_to_{others[0]}.png",
                                       title=f"{method}: {source} -> {others[0]}",
-                                      conditioning={source: pre.images[source][mid]},
-                                      ground_truth=pre.images[others[0]][mid]))
+                                      conditioning={source: pre.inputs[source][mid]},
+                                      ground_truth=pre.targets[others[0]][mid]))
     # Latent alignment (paper Fig. 4): z_1 from all inputs and from each single modality.
     subsets = [tuple(avail)] + [tuple(m == t for m in modalities) for t in targets]
     latents = {}
     for s in dict.fromkeys(subsets):
-        z = _latent_z1(model, {m: pre.images[m] for m, b in zip(modalities, s) if b}, mid)
+        z = _latent_z1(model, {m: pre.inputs[m] for m, b in zip(modalities, s) if b}, mid)
         if z is None:
             return made
         latents[subset_name(s, modalities)] = z

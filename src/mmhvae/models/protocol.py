@@ -44,7 +44,7 @@ def zero_impute(images: Tensor, observed: Tensor) -> Tensor:
 def synthesize_named(
     model: nn.Module,
     images: Mapping[str, Tensor],
-    temperature: float,
+    temperature: Optional[float],
     targets: Optional[Sequence[str]],
 ) -> dict[str, Tensor]:
     """Run ``model`` on named inputs and return named outputs (the body of every ``synthesize``).
@@ -52,11 +52,13 @@ def synthesize_named(
     Args:
         model: a generator following the protocol (has ``.modalities`` and ``.cfg``).
         images: modality name -> ``(B, H, W)``, ``(B, 1, H, W)`` or ``(H, W)``; one shape for all.
-        temperature: tau passed to the forward pass (0 = deterministic output).
+        temperature: tau passed to the forward pass (0 = deterministic output; None = the
+            checkpoint's ``eval.temperature``, :func:`default_temperature`).
         targets: modality names to return; ``None`` = every modality of the model.
     Returns:
         modality name -> tensor in the layout of the inputs.
     """
+    temperature = check_temperature(default_temperature(model) if temperature is None else temperature)
     modalities = list(model.modalities)
     if not images:
         raise ValueError(f"empty input subset: give at least one of {modalities}")
@@ -95,3 +97,68 @@ def synthesize_named(
         y = out.reconstructions[:, modalities.index(t)]
         result[t] = y[0] if layout == 2 else (y[:, None] if layout == 4 else y)
     return result
+
+
+def default_temperature(model: nn.Module) -> float:
+    """The one temperature default: the checkpoint's ``eval.temperature`` (a model from
+    :func:`mmhvae.infer.load_model`), else :class:`~mmhvae.config.EvalConfig`'s default."""
+    from mmhvae.config import EvalConfig
+
+    config = getattr(model, "config", None)
+    return float(config.eval.temperature) if config is not None else float(EvalConfig().temperature)
+
+
+def check_temperature(temperature: float) -> float:
+    """tau must be a finite number >= 0 (0 = posterior mean)."""
+    tau = float(temperature)
+    if not (tau >= 0 and tau < float("inf")):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = deterministic mean), got {temperature}")
+    return tau
+
+
+@torch.no_grad()
+def synthesize_batched(
+    model: nn.Module,
+    inputs: Mapping[str, "np.ndarray"],
+    temperature: Optional[float] = None,
+    batch_size: int = 16,
+    targets: Optional[Sequence[str]] = None,
+    samples: int = 1,
+    seed: Optional[int] = None,
+    progress: bool = False,
+) -> dict[str, "np.ndarray"]:
+    """Slices ``{modality: (N, H, W)}`` -> ``{target: (K, N, H, W)}`` synthesized, in batches.
+
+    The one batched-synthesis loop of inference and evaluation. ``samples`` K draws per slice at
+    ``temperature`` (default :func:`default_temperature`). With ``seed``, noise comes from a forked
+    RNG seeded with it, so the global random state is left untouched and results are reproducible.
+    """
+    import numpy as np
+
+    tau = check_temperature(default_temperature(model) if temperature is None else temperature)
+    if samples < 1 or batch_size < 1:
+        raise ValueError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
+    targets = list(targets or model.cfg.modalities)
+    first = next(iter(inputs.values()))
+    n = first.shape[0]
+    out = {t: np.zeros((samples, n, *first.shape[1:]), dtype=np.float32) for t in targets}
+    device = next(model.parameters()).device
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        starts = range(0, n, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="synthesize", unit="batch")
+        for start in starts:
+            batch = {m: torch.from_numpy(np.ascontiguousarray(v[start : start + batch_size], dtype=np.float32)).to(device)
+                     for m, v in inputs.items()}
+            for k in range(samples):
+                res = synthesize_named(model, batch, tau, targets)
+                for t in targets:
+                    out[t][k, start : start + batch_size] = res[t].float().cpu().numpy()
+    return out
+

@@ -72,16 +72,23 @@ def collate(items: list[dict]) -> dict:
 
 
 class ArraySliceDataset(Dataset):
-    """Slices already in memory: ``images (N, M, H, W)`` and ``available (N, M)`` bool.
+    """Slices already in memory: ``images (N, M, H, W)`` (the targets), ``available (N, M)`` bool and
+    optionally ``inputs (N, M, H, W)`` (what the encoders see; default: the targets themselves).
 
     Items follow the contract of :class:`mmhvae.data.dataset.SliceDataset`; a missing modality's slot
     is zeroed here so that nothing downstream can depend on what it held.
     """
 
-    def __init__(self, images: torch.Tensor, available: torch.Tensor, seg: Optional[torch.Tensor] = None):
+    def __init__(
+        self, images: torch.Tensor, available: torch.Tensor, seg: Optional[torch.Tensor] = None,
+        inputs: Optional[torch.Tensor] = None,
+    ):
         if images.dim() != 4 or available.shape != images.shape[:2]:
             raise ValueError(f"expected images (N, M, H, W) and available (N, M), got {tuple(images.shape)}, {tuple(available.shape)}")
+        if inputs is not None and inputs.shape != images.shape:
+            raise ValueError(f"inputs {tuple(inputs.shape)} and images {tuple(images.shape)} differ in shape")
         self.images = images.float() * available.bool()[:, :, None, None]
+        self.inputs = self.images if inputs is None else inputs.float() * available.bool()[:, :, None, None]
         self.available = available.bool()
         self.seg = seg
 
@@ -92,7 +99,8 @@ class ArraySliceDataset(Dataset):
         H, W = self.images.shape[2:]
         seg = self.seg[i] if self.seg is not None else torch.zeros(H, W, dtype=torch.long)
         return {
-            "images": self.images[i],
+            "inputs": self.inputs[i],
+            "targets": self.images[i],
             "available": self.available[i],
             "seg": seg,
             "has_seg": self.seg is not None,

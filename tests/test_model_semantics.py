@@ -300,6 +300,20 @@ def test_an_unobserved_modality_never_matters_and_gets_no_gradient():
     assert torch.allclose(c.posteriors[-1].mu[1:], d.posteriors[-1].mu[1:])
 
 
+def test_every_image_head_decodes_the_finest_latent():
+    """Eq. 6: x_j = mu_theta_j(z_1) for every modality j, observed or not."""
+    model = tiny_model(8)
+    seen = {}
+    handles = [h.register_forward_pre_hook(lambda mod, args, j=j: seen.__setitem__(j, args[0].detach()))
+               for j, h in enumerate(model.heads)]
+    with torch.no_grad():
+        out = model(images(2, seed=9), masks((1, 0, 0), (0, 1, 1)), temperature=1.0)
+    for h in handles:
+        h.remove()
+    assert sorted(seen) == list(range(model.cfg.num_modalities))
+    assert all(torch.equal(z, out.latents[0]) for z in seen.values())
+
+
 def test_temperature_scales_the_sampling_noise():
     """tau = 0 decodes the posterior means (deterministic); tau > 0 draws z = mu + tau sigma eps."""
     model = tiny_model(7)

@@ -17,8 +17,7 @@ from typing import Any, Optional, Union
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration value or file is invalid; the message names the key and the problem."""
+from mmhvae.errors import ConfigError  # noqa: E402,F401 - defined with the other project errors
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,6 +219,32 @@ class TrainConfig:
 SELECTIONS = ("final-phase", "best", "last")
 
 
+AMP_MODES = ("auto", "bf16", "fp32")  # fp16 would need loss scaling, which the trainer does not do
+
+
+def _check_numbers(train: "TrainConfig", evaluation: "EvalConfig") -> None:
+    """Counts >= 1, finite non-negative rates and temperatures, known AMP modes (one line each)."""
+    import math
+
+    for key in ("steps", "batch_size", "draws", "checkpoint_every", "validate_every", "log_every", "val_subjects"):
+        value = getattr(train, key)
+        if value < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {value}")
+    for key in ("lr", "lr_min", "kl_weight", "weight_decay", "grad_clip"):
+        value = getattr(train, key)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"train.{key} must be a finite number >= 0, got {value}")
+    if train.amp not in AMP_MODES:
+        hint = " (fp16 is not supported: use bf16, which needs no loss scaling)" if train.amp == "fp16" else ""
+        raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {train.amp!r}{hint}")
+    if not math.isfinite(evaluation.temperature) or evaluation.temperature < 0:
+        raise ConfigError(f"eval.temperature must be a finite number >= 0, got {evaluation.temperature}")
+    if evaluation.batch_size < 1:
+        raise ConfigError(f"eval.batch_size must be >= 1, got {evaluation.batch_size}")
+    if not math.isfinite(evaluation.data_range) or evaluation.data_range < 0:
+        raise ConfigError(f"eval.data_range must be a finite number >= 0 (0 = per volume), got {evaluation.data_range}")
+
+
 @dataclass
 class EvalConfig:
     temperature: float = 0.5
@@ -239,6 +264,7 @@ class ExperimentConfig:
 
     def validate(self) -> "ExperimentConfig":
         self.model.validate()
+        _check_numbers(self.train, self.eval)
         if self.train.selection not in SELECTIONS:
             raise ConfigError(f"train.selection must be one of {', '.join(SELECTIONS)}, got {self.train.selection!r}")
         return self

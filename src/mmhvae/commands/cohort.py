@@ -26,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--missingness", choices=["remind", "complete"], default="remind",
                       help="which modalities each subject has (default remind)")
     make.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores, max 8)")
+    make.add_argument("--overwrite", action="store_true",
+                      help="write into a folder that already holds a manifest.csv or NIfTI files")
     make.set_defaults(func=run_make_cohort)
 
     cohort = subparsers.add_parser(
@@ -38,7 +40,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = cohort.add_subparsers(dest="cohort_action", metavar="<action>", required=True)
     summary = actions.add_parser("summary", help="per-modality counts and availability patterns")
     _cohort_arguments(summary)
+    summary.add_argument("--strict", action="store_true",
+                         help="refuse files that match no modality and empty subject folders (default: warn)")
     summary.set_defaults(func=run_summary)
+
+    check = actions.add_parser(
+        "check", help="read every file and report every problem at once (exit 1 if any)",
+        description="Integrity check: reads every file of the cohort and lists every problem (missing, "
+        "truncated or corrupt files, NaN/Inf voxels, 4D images, shape or affine mismatches within a subject, "
+        "files matching no modality, empty subject folders, bad manifest rows). Exit status 1 if any.",
+    )
+    _cohort_arguments(check)
+    check.add_argument("--affine-tolerance", type=float, default=1e-3,
+                       help="max difference between the affines of one subject's images (default 1e-3)")
+    check.set_defaults(func=run_check)
 
     montage = actions.add_parser(
         "montage", help="PNG montage of one subject (rows = modalities, columns = slices)",
@@ -69,7 +84,9 @@ def parse_aliases(items: list[str]) -> dict[str, str]:
     for item in items:
         suffix, sep, name = item.partition("=")
         if not sep or not suffix.strip() or not name.strip():
-            raise ValueError(f"--alias {item!r}: expected SUFFIX=NAME, e.g. t2w=t2")
+            from mmhvae.errors import UserError
+
+            raise UserError(f"--alias {item!r}: expected SUFFIX=NAME, e.g. t2w=t2")
         aliases[suffix.strip().lower()] = name.strip().lower()
     return aliases
 
@@ -79,32 +96,67 @@ def run_make_cohort(args: argparse.Namespace) -> int:
 
     from mmhvae.data.cohort import Cohort
     from mmhvae.data.phantom import make_cohort
+    from mmhvae.outputs import OutputFolder
 
+    overwrite = getattr(args, "overwrite", False)
+    _refuse_existing_cohort(Path(args.out), overwrite)
     start = time.perf_counter()
-    manifest = make_cohort(
-        args.out, subjects=args.subjects, seed=args.seed, shape=tuple(args.shape),
-        spacing=tuple(args.spacing) if args.spacing else None, missingness=args.missingness,
-        workers=args.workers,
-    )
+    # All or nothing: generated beside the target, moved in once every subject is written.
+    with OutputFolder(args.out, overwrite=overwrite, flag="make-cohort OUT") as staged:
+        make_cohort(
+            staged.staging, subjects=args.subjects, seed=args.seed, shape=tuple(args.shape),
+            spacing=tuple(args.spacing) if args.spacing else None, missingness=args.missingness,
+            workers=args.workers,
+        )
+    manifest = Path(args.out) / "manifest.csv"
     elapsed = time.perf_counter() - start
     print(Cohort.load(manifest).summary())
     print(f"wrote {manifest} in {elapsed:.1f} s")
     return 0
 
 
+def _refuse_existing_cohort(out: Path, overwrite: bool) -> None:
+    """A folder that already holds a manifest or NIfTI files is the user's: replaced only with --overwrite."""
+    from mmhvae.errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file; give a folder for the cohort")
+    if overwrite or not out.is_dir():
+        return
+    held = [p for p in [out / "manifest.csv"] if p.exists()]
+    held += [p for p in sorted(out.rglob("*.nii*"))[:3]]
+    if held:
+        raise OutputError(
+            f"{out}: already holds {held[0].name if held[0].name == 'manifest.csv' else 'NIfTI files'} "
+            f"({held[0]}); pass --overwrite to write the cohort there anyway, or choose an empty folder"
+        )
+
+
 def run_summary(args: argparse.Namespace) -> int:
     from mmhvae.data.cohort import Cohort
 
-    cohort = Cohort.load(args.source, modalities=args.modalities, aliases=parse_aliases(args.alias))
+    cohort = Cohort.load(args.source, modalities=args.modalities, aliases=parse_aliases(args.alias),
+                         strict=args.strict)
     print(cohort.summary())
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from mmhvae.data.cohort import check_cohort
+
+    result = check_cohort(args.source, modalities=args.modalities, aliases=parse_aliases(args.alias),
+                          affine_tolerance=args.affine_tolerance)
+    print(result.report())
+    return 0 if result.ok else 1
 
 
 def run_montage(args: argparse.Namespace) -> int:
     from mmhvae.data.montage import cohort_montage
 
     if args.columns < 1:
-        raise ValueError("--columns must be >= 1")
+        from mmhvae.errors import UserError
+
+        raise UserError("--columns must be >= 1")
     out = cohort_montage(
         args.source, args.subject, args.out, real=args.real, modalities=args.modalities,
         aliases=parse_aliases(args.alias), columns=args.columns,

@@ -52,9 +52,11 @@ def _float_list(text: str) -> list[float]:
 
 
 def _add_synthesis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature tau (0 = deterministic mean; paper 0.5) [checkpoint's eval.temperature]")
-    p.add_argument("--batch-size", type=int, default=16, help="slices per synthesis batch (default 16)")
+    from mmhvae.commands.arguments import positive_int, temperature
+
+    p.add_argument("--temperature", type=temperature, default=None,
+                   help="sampling temperature tau >= 0 (0 = deterministic mean; paper 0.5) [checkpoint's eval.temperature]")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="slices per synthesis batch (default 16)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -98,6 +100,9 @@ def _settings(args: argparse.Namespace):
 
 def _synthesizer(args: argparse.Namespace, checkpoint):
     from mmhvae.downstream import model_synthesizer
+    from mmhvae.errors import check_device
+
+    check_device(args.device)
 
     return model_synthesizer(
         checkpoint, temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, device=args.device
@@ -139,6 +144,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="regions: necrotic/oedema/enhancing (1/2/3, BraTS 4 -> 3); whole: one tumour class "
                    "(default regions)")
     p.add_argument("--test-split", default="test", help="cohort split written to imagesTs (default test)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     _add_synthesis_options(p)
     p.set_defaults(func=run_export)
 
@@ -146,7 +152,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from mmhvae.downstream.nnunet_export import TUMOUR_REGIONS, WHOLE_TUMOUR, check_dataset_name, export_nnunet
 
+    from mmhvae.outputs import check_writable
+
     check_dataset_name(args.out)  # before loading a model: a wrong name is the cheapest error
+    check_writable(args.out, overwrite=args.overwrite, replace=True)  # and before any synthesis
     synthesize, modalities = (None, None)
     if args.checkpoint is not None:
         synthesize, modalities = _synthesizer(args, args.checkpoint)
@@ -169,6 +178,7 @@ def run_export(args: argparse.Namespace) -> int:
         description=f"mmhvae export of {args.cohort}",
         provenance={"checkpoint": str(args.checkpoint) if args.checkpoint else None, "cohort": str(args.cohort),
                     "temperature": args.temperature},
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.out}: {len(summary.training)} training and {len(summary.test)} test cases, "
           f"{len(channels)} channel(s); validated as an nnU-Net v2 dataset")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmhvae.commands.arguments import add_overwrite, positive_int, temperature
+
 
 def _input(value: str) -> tuple[str, str]:
     if "=" not in value:
@@ -23,36 +25,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="an input volume; repeat for several modalities")
     p.add_argument("--out", required=True, help="output folder: <modality>.nii.gz (+ <modality>_std.nii.gz)")
     p.add_argument("--targets", nargs="+", help="modalities to write [all]")
-    p.add_argument("--temperature", type=float, default=None, help="tau (0 = deterministic; paper 0.5) [config]")
-    p.add_argument("--samples", type=int, default=1, help="K samples: writes their mean and voxel-wise std")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--temperature", type=temperature, default=None,
+                   help="tau >= 0 (0 = deterministic; paper 0.5) [config]")
+    p.add_argument("--samples", type=positive_int, default=1,
+                   help="K >= 1 samples: writes their mean and voxel-wise std")
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    add_overwrite(p, "existing output files")
     p.set_defaults(func=run)
+
+
+def output_names(targets: list[str], samples: int) -> list[str]:
+    """The files synthesize writes: ``<target>.nii.gz`` (+ ``<target>_std.nii.gz`` for K > 1)."""
+    names = [f"{t}.nii.gz" for t in targets]
+    return names + ([f"{t}_std.nii.gz" for t in targets] if samples > 1 else [])
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from mmhvae.data.nifti import write_volume
+    from mmhvae.errors import UserError, check_device
     from mmhvae.infer import load_model, synthesize_volume
+    from mmhvae.outputs import OutputFolder
 
     names = [n for n, _ in args.input]
     if len(set(names)) != len(names):
-        raise ValueError(f"a modality is given twice in --input: {names}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = load_model(args.checkpoint, device)
-    tau = model.config.eval.temperature if args.temperature is None else args.temperature
-    results = synthesize_volume(
-        model, dict(args.input), targets=args.targets, temperature=tau, samples=args.samples,
-        batch_size=args.batch_size, seed=args.seed, progress=True,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, img in results.items():
-        path = out / f"{name}.nii.gz"
-        write_volume(path, img.get_fdata(dtype="float32"), img.affine, img.header)
+        raise UserError(f"a modality is given twice in --input: {names}")
+    inputs = [Path(p) for _, p in args.input]
+    device = check_device(args.device)
+    # Before any work: the output folder is writable and no output lands on an input.
+    with OutputFolder(args.out, overwrite=args.overwrite, protect=inputs) as out:
+        model = load_model(args.checkpoint, device)
+        targets = list(args.targets) if args.targets else list(model.config.model.modalities)
+        out.expect(output_names(targets, args.samples))
+        tau = model.config.eval.temperature if args.temperature is None else args.temperature
+        results = synthesize_volume(
+            model, dict(args.input), targets=args.targets, temperature=tau, samples=args.samples,
+            batch_size=args.batch_size, seed=args.seed, progress=True,
+        )
+        for name, img in results.items():
+            write_volume(out.staging / f"{name}.nii.gz", img.get_fdata(dtype="float32"), img.affine, img.header)
+    for path in out.committed:
         print(f"wrote {path}")
     return 0

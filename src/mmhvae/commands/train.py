@@ -14,35 +14,81 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "checkpoint on the 'val' split. Multi-GPU: torchrun --nproc_per_node=K --no-python mmhvae train ..."
         ),
     )
-    p.add_argument("--config", default="small", help="preset name (paper, small, tiny) or a YAML file [small]")
+    p.add_argument("--config", default=None,
+                   help="preset name (paper, small, tiny) or a YAML file [small; with --resume: the run's]")
     p.add_argument("--cohort", help="manifest CSV or cohort folder (sets data.cohort)")
     p.add_argument("--out", required=True, help="run folder: config.yaml, checkpoints/, metrics.csv, tensorboard/")
     p.add_argument("--method", help="model family or ablation (mmhvae, mvae, mopoe, mhvae, mmgan, resvit, "
                    "concat-zeros, average, L1-L7, no-gan; uhved / uhemis for the 3D segmentation models)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (with the run's own settings: a "
+                   "different --config, --cohort, --method or data/model setting is refused)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a folder cohort with files that match no modality or empty subject folders")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.steps=2000 model.image_size=96")
     p.set_defaults(func=run)
 
 
-def resolve_config(args: argparse.Namespace):
+def _override_keys(overrides: list[str]) -> set[str]:
+    return {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+
+
+def _fresh_config(args: argparse.Namespace, base=None):
+    """The config this command line gives: ``--config`` (or ``base``), ``--method``, ``--cohort``, overrides."""
     from pathlib import Path
 
-    from mmhvae.config import ExperimentConfig, apply_overrides, resolve
+    from mmhvae.config import apply_overrides, resolve
 
-    run_cfg = Path(args.out) / "config.yaml"
-    if getattr(args, "resume", False) and run_cfg.is_file():
-        cfg = ExperimentConfig.load(run_cfg)  # a resumed run keeps its own resolved config
-        return apply_overrides(cfg, list(args.overrides or []))
-    cfg = resolve(args.config, [])
-    if args.method:
+    cfg = base if base is not None and args.config is None else resolve(args.config or "small", [])
+    if args.method and not (base is not None and args.config is None and _same_method(base, args.method)):
         from mmhvae.methods import apply_method
 
         cfg = apply_method(cfg, args.method)
     overrides = list(args.overrides or [])
     if args.cohort:
-        overrides.append(f"data.cohort={Path(args.cohort).resolve()}")
+        overrides.append(f"data.cohort={Path(args.cohort).expanduser().resolve()}")
     return apply_overrides(cfg, overrides)
+
+
+def _same_method(cfg, method: str) -> bool:
+    """Was the run configured as ``method`` (``apply_method`` names it ``<preset>-<method>``)?"""
+    return cfg.name.endswith(f"-{method}") or (cfg.model.method == method and "-" not in cfg.name)
+
+
+def resolve_config(args: argparse.Namespace):
+    from pathlib import Path
+
+    from mmhvae.config import ConfigError, ExperimentConfig
+    from mmhvae.train.checkpoint import check_resume_config
+
+    run_cfg = Path(args.out) / "config.yaml"
+    if not (getattr(args, "resume", False) and run_cfg.is_file()):
+        return _fresh_config(args)
+    saved = ExperimentConfig.load(run_cfg)  # a resumed run keeps its own resolved config
+    if args.method and args.config is None and not _same_method(saved, args.method):
+        raise ConfigError(
+            f"--resume: {args.out} was trained as {saved.name!r} (model.method {saved.model.method!r}), "
+            f"not with --method {args.method}; drop --method or train into a new --out"
+        )
+    given = _fresh_config(args, base=saved)
+    keys = _override_keys(list(args.overrides or []))
+
+    def source(key: str) -> str:
+        if key in keys:
+            return f"override {key}"
+        if key == "data.cohort" and args.cohort:
+            return "--cohort"
+        if args.config:
+            return f"--config {args.config}" + (f" --method {args.method}" if args.method else "")
+        return f"--method {args.method}" if args.method else "the command line"
+
+    changed = check_resume_config(Path(args.out), saved.to_dict(), given.to_dict(), source)
+    for key, old, new in changed:
+        if key != "name":
+            print(f"resuming with {key} = {new!r} (was {old!r})")
+    given.name = saved.name
+    return given
 
 
 UHVED_METHODS = ("uhved", "uhemis")
@@ -51,13 +97,14 @@ UHVED_METHODS = ("uhved", "uhemis")
 def _run_uhved(args: argparse.Namespace) -> int:
     """``--method uhved|uhemis``: the 3D patch trainer of U-HVED (same as ``mmhvae uhved train``)."""
     from mmhvae.commands.uhved import run_train
+    from mmhvae.errors import UserError
 
     if not args.cohort:
-        raise ValueError("--cohort is required with --method uhved")
-    config = None if args.config in ("small",) else args.config  # "small" is the MMHVAE default
+        raise UserError("--cohort is required with --method uhved")
     ns = argparse.Namespace(
-        cohort=args.cohort, out=args.out, config=config, split="train", resume=args.resume,
+        cohort=args.cohort, out=args.out, config=args.config, split="train", resume=args.resume,
         no_progress=args.no_progress, overrides=[*args.overrides, f"model.method={args.method}"],
+        strict=args.strict,
     )
     return run_train(ns)
 
@@ -70,7 +117,16 @@ def run(args: argparse.Namespace) -> int:
     if args.method in UHVED_METHODS:
         return _run_uhved(args)
 
+    from mmhvae.data.cohort import Cohort
+    from mmhvae.errors import ConfigError, check_device
+
     cfg = resolve_config(args)
+    check_device(cfg.train.device)
+    if not cfg.data.cohort:
+        raise ConfigError("no cohort: pass --cohort (a manifest CSV or a cohort folder) or set data.cohort")
+    # Warnings about the cohort (files matching no modality, empty folders) before any work; --strict refuses.
+    Cohort.load(cfg.data.cohort, modalities=cfg.model.modalities, aliases=cfg.data.modality_aliases or None,
+                strict=args.strict)
     result = train(cfg, Path(args.out), resume=args.resume, progress=not args.no_progress)
     import os
 

@@ -36,7 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="run folder (checkpoints, config.yaml, log.csv)")
     train.add_argument("--config", default=None, help="preset (tiny, cpu, paper) or YAML file; default: cpu")
     train.add_argument("--split", default="train", choices=SPLITS, help="cohort split (default: train)")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --out (different settings are refused)")
+    train.add_argument("--strict", action="store_true",
+                       help="refuse a folder cohort with files that match no modality or empty subject folders")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. train.steps=500 model.method=uhemis"
@@ -75,10 +78,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from mmhvae.models.uhved import resolve_uhved_config
+    from mmhvae.data.cohort import Cohort
+    from mmhvae.errors import check_device
+    from mmhvae.models.uhved import UHVEDConfig, resolve_uhved_config
+    from mmhvae.train.checkpoint import check_resume_config
     from mmhvae.train.uhved_trainer import UHVEDTrainer, load_cases
 
-    cfg = resolve_uhved_config(args.config, [*args.overrides, f"data.cohort={args.cohort}"])
+    overrides = [*args.overrides, f"data.cohort={Path(args.cohort).expanduser().resolve()}"]
+    saved_file = Path(args.out) / "config.yaml"
+    if args.resume and saved_file.is_file():
+        # A resumed run keeps its own settings; a different --config / --cohort / data setting is refused.
+        saved = UHVEDConfig.load(saved_file)
+        cfg = resolve_uhved_config(args.config, overrides) if args.config else saved.with_overrides(overrides)
+        keys = {o.split("=", 1)[0].strip() for o in args.overrides if "=" in o}
+
+        def source(key: str) -> str:
+            if key == "model.method":
+                return "--method"
+            if key in keys:
+                return f"override {key}"
+            return "--cohort" if key == "data.cohort" else f"--config {args.config}"
+
+        check_resume_config(Path(args.out), saved.to_dict(), cfg.to_dict(), source)
+        cfg.name = saved.name
+    else:
+        cfg = resolve_uhved_config(args.config, overrides)
+    check_device(cfg.train.device)
+    Cohort.load(args.cohort, aliases=cfg.data.modality_aliases, strict=getattr(args, "strict", False))
     cases = load_cases(args.cohort, args.split, cfg)
     labelled = sum(c.seg is not None for c in cases)
     print(f"{len(cases)} training subjects ({labelled} with a segmentation); method {cfg.model.method}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,6 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from mmhvae.data.nifti import NiftiError, read_labels, read_volume
+from mmhvae.errors import CohortError
 
 SPLITS = ("train", "val", "test")
 _SPLIT_SYNONYMS = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}
@@ -41,8 +43,8 @@ _CANONICAL_ORDER = ("us", "t2", "cet1", "flair", "t1")
 _NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
 
-class CohortError(ValueError):
-    """A cohort, subject or file is invalid; the message names the subject, the file and the problem."""
+class CohortWarning(UserWarning):
+    """Something in a cohort looks wrong but does not stop it loading (``strict=True`` refuses it)."""
 
 
 @dataclass
@@ -110,6 +112,8 @@ class Cohort:
     source: Path
     ignored: list[str] = field(default_factory=list)  # columns / suffixes not in the requested modalities
     skipped: list[str] = field(default_factory=list)  # subjects having only ignored modalities
+    # Files matching no modality, empty subject folders, ...: warned about, refused with strict=True.
+    warnings: list[str] = field(default_factory=list)
 
     # --- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -118,6 +122,8 @@ class Cohort:
         source: str | Path,
         modalities: Optional[list[str]] = None,
         aliases: Optional[dict[str, str]] = None,
+        strict: bool = False,
+        problems: Optional[list[str]] = None,
     ) -> "Cohort":
         """Read a CSV manifest or a BraTS-style folder; see the module docstring for both layouts.
 
@@ -125,6 +131,12 @@ class Cohort:
         another known modality (e.g. ``flair`` for a model without FLAIR) is ignored and listed in
         ``ignored``, while an unrecognized CSV column is refused. ``None`` takes every modality found.
         Files are checked for existence here; their contents in :func:`load_subject`.
+
+        A folder's files that match no modality (``sub1-adc.nii.gz`` for a model without ADC, a typo
+        such as ``sub1-t2_.nii.gz``, a name without the ``<subject>-`` prefix) and empty subject folders
+        are reported as :class:`CohortWarning` (listed in ``warnings``); ``strict=True`` refuses them.
+        With a ``problems`` list, problems of single subjects (missing files, bad rows) are appended to
+        it instead of raised, and warnings too (what ``mmhvae cohort check`` reports).
         """
         source = Path(source).expanduser()
         alias_map = default_aliases() if aliases is None else dict(aliases)
@@ -140,11 +152,20 @@ class Cohort:
         if source.is_dir() and (source / "manifest.csv").is_file():
             source = source / "manifest.csv"
         if source.is_file():
-            cohort = _load_csv(source, wanted, alias_map)
+            cohort = _load_csv(source, wanted, alias_map, problems)
         else:
             cohort = _load_folder(source, wanted, alias_map)
         if not cohort.subjects:
             raise CohortError(f"{source}: no subjects found")
+        if problems is not None:
+            problems.extend(cohort.warnings)
+        elif cohort.warnings and strict:
+            raise CohortError(
+                f"{source}: {len(cohort.warnings)} problem(s) (refused with --strict): " + "; ".join(cohort.warnings)
+            )
+        else:
+            for message in cohort.warnings:
+                _warnings.warn(message, CohortWarning, stacklevel=2)
         return cohort
 
     # --- queries ----------------------------------------------------------------------------------
@@ -199,6 +220,8 @@ class Cohort:
             lines.append(f"ignored (not in the requested modalities): {sorted(self.ignored)}")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} subjects with only ignored modalities: {self.skipped[:5]}")
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s) about files (run `mmhvae cohort check` for all problems)")
         return "\n".join(lines)
 
 
@@ -207,7 +230,9 @@ class Cohort:
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_csv(path: Path, wanted: Optional[list[str]], aliases: dict[str, str]) -> Cohort:
+def _load_csv(
+    path: Path, wanted: Optional[list[str]], aliases: dict[str, str], problems: Optional[list[str]] = None
+) -> Cohort:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
@@ -253,30 +278,53 @@ def _load_csv(path: Path, wanted: Optional[list[str]], aliases: dict[str, str]) 
     skipped: list[str] = []
     seen: set[str] = set()
     for line, row in enumerate(rows[1:], start=2):
-        row = row + [""] * (len(header) - len(row))
-        name = row[subject_col].strip()
-        where = f"{path}, line {line}"
-        if not name:
-            raise CohortError(f"{where}: empty subject name")
-        if name in seen:
-            raise CohortError(f"{where}: subject {name!r} appears twice")
-        seen.add(name)
-        files: dict[str, Path] = {}
-        for i, key in columns.items():
-            value = row[i].strip()
-            if value:
-                file = Path(value).expanduser()
-                file = file if file.is_absolute() else path.parent / file
-                if not file.is_file():
-                    raise CohortError(f"{where}: subject {name!r}, {key}: file not found: {file}")
-                files[key] = file
-        split_value = row[split_col].strip() if split_col is not None else ""
-        split = _normalize_split(split_value, f"{where}, subject {name!r}") if split_value else hashed_split(name)
-        if not any(k not in MAPS for k in files) and any(row[i].strip() for i in ignored_columns):
-            skipped.append(name)  # has images, but only of modalities this run does not use
+        try:
+            subject = _csv_row(path, line, row, header, columns, subject_col, split_col, ignored_columns, seen)
+        except CohortError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
             continue
-        subjects.append(_make_subject(name, files, split, where))
+        if isinstance(subject, str):
+            skipped.append(subject)  # has images, but only of modalities this run does not use
+        else:
+            subjects.append(subject)
     return Cohort(modalities=list(modalities), subjects=subjects, source=path, ignored=ignored, skipped=skipped)
+
+
+def _csv_row(
+    path: Path, line: int, row: list[str], header: list[str], columns: dict[int, str], subject_col: int,
+    split_col: Optional[int], ignored_columns: list[int], seen: set[str],
+) -> "Subject | str":
+    """One manifest row -> its :class:`Subject`, or its name when it only has ignored modalities."""
+    where = f"{path}, line {line}"
+    extra = [c for c in row[len(header):] if c.strip()]
+    if extra:
+        raise CohortError(
+            f"{where}: {len(row)} cells but the header has {len(header)} columns (extra {extra[:3]}); "
+            "a path with a comma must be quoted, or a column header is missing"
+        )
+    row = row + [""] * (len(header) - len(row))
+    name = row[subject_col].strip()
+    if not name:
+        raise CohortError(f"{where}: empty subject name")
+    if name in seen:
+        raise CohortError(f"{where}: subject {name!r} appears twice")
+    seen.add(name)
+    files: dict[str, Path] = {}
+    for i, key in columns.items():
+        value = row[i].strip()
+        if value:
+            file = Path(value).expanduser()
+            file = file if file.is_absolute() else path.parent / file
+            if not file.is_file():
+                raise CohortError(f"{where}: subject {name!r}, {key}: file not found: {file}")
+            files[key] = file
+    split_value = row[split_col].strip() if split_col is not None else ""
+    split = _normalize_split(split_value, f"{where}, subject {name!r}") if split_value else hashed_split(name)
+    if not any(k not in MAPS for k in files) and any(row[i].strip() for i in ignored_columns):
+        return name
+    return _make_subject(name, files, split, where)
 
 
 def _make_subject(name: str, files: dict[str, Path], split: str, where: str) -> Subject:
@@ -307,25 +355,61 @@ def case_files(folder: Path, subject: Optional[str] = None) -> dict[str, Path]:
     return out
 
 
+def _stray_files(folder: Path, matched: dict[str, Path]) -> list[Path]:
+    """NIfTI files in ``folder`` that do not follow ``<subject>-<suffix>.nii[.gz]``."""
+    taken = set(matched.values())
+    return [f for f in sorted(folder.iterdir())
+            if f.is_file() and _NIFTI_SUFFIX.search(f.name) and f not in taken and not f.name.startswith(".")]
+
+
 def _load_folder(root: Path, wanted: Optional[list[str]], aliases: dict[str, str]) -> Cohort:
-    cases = [d for d in sorted(root.iterdir()) if d.is_dir() and case_files(d)]
+    folders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    cases = [d for d in folders if case_files(d)]
+    notes: list[str] = []
     if not cases:
         if case_files(root):
-            cases = [root]  # a single case folder
+            cases, folders = [root], [root]  # a single case folder
         else:
             raise CohortError(
                 f"{root}: no manifest.csv and no files named <subject>/<subject>-<modality>.nii.gz; "
                 "write a CSV manifest or rename the files (e.g. sub01/sub01-t2.nii.gz)"
             )
+    for folder in folders:
+        if folder in cases:
+            continue
+        niftis = [f.name for f in sorted(folder.iterdir()) if f.is_file() and _NIFTI_SUFFIX.search(f.name)]
+        if niftis:
+            notes.append(
+                f"{folder}: no file is named {folder.name}-<modality>.nii.gz (found {niftis[:3]}); "
+                f"rename them, e.g. {folder.name}/{folder.name}-t2.nii.gz"
+            )
+        else:
+            notes.append(f"{folder}: empty subject folder (no NIfTI file); remove it or add the subject's images")
+    known = known_modalities(aliases)
     per_case: list[tuple[Path, dict[str, Path]]] = []
     ignored: set[str] = set()
     for case in cases:
         files: dict[str, Path] = {}
-        for suffix, file in case_files(case).items():
+        matched = case_files(case)
+        for stray in _stray_files(case, matched):
+            notes.append(
+                f"{stray}: does not follow {case.name}-<modality>.nii.gz and matches no modality; rename it"
+            )
+        for suffix, file in matched.items():
             name = aliases.get(suffix, suffix)
             if name not in MAPS and wanted is not None and name not in wanted:
                 ignored.add(suffix)
+                if name not in known:
+                    notes.append(
+                        f"{file}: suffix {suffix!r} matches no modality of {wanted}; rename the file or map it "
+                        f"with an alias (--alias {suffix}=NAME)"
+                    )
                 continue
+            if name not in MAPS and wanted is None and name not in known:
+                notes.append(
+                    f"{file}: suffix {suffix!r} is not a known modality name ({sorted(known)}); it is read as a "
+                    f"modality of its own: rename the file or map it with --alias {suffix}=NAME if it is a typo"
+                )
             if name in files:
                 raise CohortError(
                     f"{case}: files {files[name].name} and {file.name} both map to {name!r}; "
@@ -343,7 +427,8 @@ def _load_folder(root: Path, wanted: Optional[list[str]], aliases: dict[str, str
                 f"(found suffixes {sorted(case_files(case))}); map them with aliases (e.g. --alias t2w=t2)"
             )
         subjects.append(_make_subject(case.name, files, hashed_split(case.name), str(case)))
-    return Cohort(modalities=list(modalities), subjects=subjects, source=root, ignored=sorted(ignored))
+    return Cohort(modalities=list(modalities), subjects=subjects, source=root, ignored=sorted(ignored),
+                  warnings=notes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,9 +473,16 @@ def _check_grid(
         raise CohortError(
             f"subject {subject!r}: {key} image {path} has an affine that differs from that of {ref_key} "
             f"image {ref_path} by up to {diff:.4g} (tolerance {tolerance:g}); the images are not on the "
-            f"same grid (register/resample them, or raise the tolerance)\n{key}:\n{np.round(affine, 4)}\n"
-            f"{ref_key}:\n{np.round(ref_affine, 4)}"
+            f"same grid (register/resample them, or raise the tolerance); {key}: {_grid_text(affine)}, "
+            f"{ref_key}: {_grid_text(ref_affine)}"
         )
+
+
+def _grid_text(affine: np.ndarray) -> str:
+    """Voxel size and origin of an affine, in one short phrase."""
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    origin = np.asarray(affine)[:3, 3]
+    return f"voxels {np.round(spacing, 3).tolist()} mm at origin {np.round(origin, 2).tolist()}"
 
 
 def load_subject(
@@ -439,3 +531,81 @@ def load_subject(
         name=subject.name, images=images, affine=ref[3], header=header,
         seg=maps[SEG], brain_mask=maps[MASK], wm_mask=maps[WM],
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity check of a whole cohort (``mmhvae cohort check``)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CohortCheck:
+    """Every problem found in a cohort, one line each; ``ok`` when there is none."""
+
+    source: Path
+    subjects: int = 0
+    files: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def report(self) -> str:
+        head = f"{self.source}: {self.subjects} subjects, {self.files} files read"
+        if self.ok:
+            return head + ": no problem found"
+        lines = [f"{head}: {len(self.problems)} problem(s)"]
+        return "\n".join(lines + [f"  {p}" for p in self.problems])
+
+
+def check_cohort(
+    source: str | Path,
+    modalities: Optional[list[str]] = None,
+    aliases: Optional[dict[str, str]] = None,
+    affine_tolerance: float = 1e-3,
+) -> CohortCheck:
+    """Read every file of a cohort and report every problem at once (like nnU-Net's integrity check).
+
+    Finds: manifest rows naming missing files or with extra cells, files matching no modality, empty
+    subject folders, unreadable or truncated files, 4D images, NaN/Inf voxels, images with no signal
+    (every voxel equal), and images or maps whose shape or affine differs from the subject's first
+    image. Nothing is raised for a problem of one subject; a cohort that cannot be read at all (no
+    subjects, bad header) is one problem.
+    """
+    check = CohortCheck(source=Path(source))
+    try:
+        cohort = Cohort.load(source, modalities=modalities, aliases=aliases, problems=check.problems)
+    except CohortError as exc:
+        check.problems.append(str(exc))
+        return check
+    check.source = cohort.source
+    check.subjects = len(cohort.subjects)
+    for subject in cohort.subjects:
+        check.problems.extend(_check_subject(subject, affine_tolerance, check))
+    return check
+
+
+def _check_subject(subject: Subject, tolerance: float, check: CohortCheck) -> list[str]:
+    problems: list[str] = []
+    ref: Optional[tuple] = None
+    for key, path in subject.files().items():
+        check.files += 1
+        reader = read_volume if key not in MAPS else read_labels
+        try:
+            data, affine, _ = reader(path)
+        except NiftiError as exc:
+            problems.append(f"subject {subject.name!r}, {key}: {exc}")
+            continue
+        if key not in MAPS and data.size and float(data.min()) == float(data.max()):
+            problems.append(f"subject {subject.name!r}, {key}: {path} has no signal (every voxel is {data.flat[0]:g})")
+        if key == MASK and not data.any():
+            problems.append(f"subject {subject.name!r}, mask: {path} is empty (no brain voxel)")
+        if ref is None:
+            ref = (key, path, data.shape, affine)
+            continue
+        try:
+            _check_grid(subject.name, key, path, data.shape, affine, ref, tolerance)
+        except CohortError as exc:
+            problems.append(str(exc))
+    return problems

@@ -22,8 +22,7 @@ from mmhvae.atomic import atomic_write_bytes
 DEFAULT_COMPRESSLEVEL = 1
 
 
-class NiftiError(ValueError):
-    """A NIfTI file is missing, unreadable, of the wrong dimensionality or holds non-finite values."""
+from mmhvae.errors import NiftiError  # noqa: E402,F401 - defined with the other project errors
 
 
 def _load(path: Path) -> nib.Nifti1Image:

@@ -34,6 +34,7 @@ import nibabel as nib
 import numpy as np
 
 from mmhvae.downstream import Synthesizer
+from mmhvae.errors import InputDataError
 
 FILE_ENDING = ".nii.gz"
 _DATASET_NAME = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_\-]+)$")
@@ -51,7 +52,7 @@ TUMOUR_REGIONS: dict[str, tuple[int, ...]] = {
 WHOLE_TUMOUR: dict[str, tuple[int, ...]] = {"background": (0,), "tumour": (1, 2, 3, 4)}
 
 
-class NnunetDatasetError(ValueError):
+class NnunetDatasetError(InputDataError):
     """An nnU-Net dataset folder does not follow the v2 layout; the message lists every problem."""
 
 
@@ -138,6 +139,7 @@ def export_nnunet(
     provenance: Optional[Mapping[str, object]] = None,
     load=None,
     log=print,
+    overwrite: bool = False,
 ) -> ExportSummary:
     """Write subjects as an nnU-Net v2 dataset under ``out`` (named ``DatasetXXX_Name``).
 
@@ -153,9 +155,13 @@ def export_nnunet(
         load: subject -> :class:`~mmhvae.data.cohort.SubjectVolumes` (default ``load_subject``).
 
     Training subjects without a segmentation, and subjects without any modality to synthesize
-    from, are skipped and listed in the summary. The dataset is validated after writing.
+    from, are skipped and listed in the summary. The dataset is validated after writing. It is
+    written all-or-nothing: into a staging folder beside ``out`` that replaces ``out`` only once every
+    case is written and the dataset validated; an existing ``out`` is replaced only with ``overwrite``.
     """
     from mmhvae.data.nifti import write_labels, write_volume
+    from mmhvae.errors import OutputError
+    from mmhvae.outputs import OutputFolder
 
     if load is None:
         from mmhvae.data.cohort import load_subject as load
@@ -169,8 +175,11 @@ def export_nnunet(
     if stray:
         raise ValueError(f"synthetic channels {stray} are not among the channels {channels}")
     label_names, remap = label_lookup(labels)
-    if (out / "dataset.json").exists() or any((out / d).exists() for d in ("imagesTr", "imagesTs")):
-        raise ValueError(f"{out}: already holds an nnU-Net dataset; choose a new DatasetXXX_Name or remove it")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "an nnU-Net dataset" if (out / "dataset.json").exists() else "files"
+        raise OutputError(
+            f"{out}: already holds {what}; pass --overwrite to replace it or choose a new DatasetXXX_Name"
+        )
 
     # Plan every case before writing anything, so that a refusal leaves no half-written dataset.
     summary = ExportSummary(path=out, channels=channels)
@@ -193,33 +202,35 @@ def export_nnunet(
             f"{list(test_splits)}); skipped: {summary.skipped}"
         )
 
-    cases: dict[str, dict] = {}
-    for plan in plans:
-        subject = plan.subject
-        volumes = load(subject)
-        images = _case_images(plan, volumes, synthesize)
-        part = "Ts" if plan.test else "Tr"
-        for index, c in enumerate(channels):
-            write_volume(out / f"images{part}" / f"{subject.name}_{index:04d}{FILE_ENDING}",
-                         images[c], volumes.affine, volumes.header)
-        if volumes.seg is not None:
-            label = remap_labels(volumes.seg, remap, str(subject.seg))
-            write_labels(out / f"labels{part}" / f"{subject.name}{FILE_ENDING}", label, volumes.affine)
-        (summary.test if plan.test else summary.training).append(subject.name)
-        origin = {c: ("synthetic" if c in plan.needed else "observed") for c in channels}
-        cases[subject.name] = {"part": f"images{part}", "channels": origin,
-                               "synthesized_from": plan.inputs if plan.needed else []}
-        log(f"  {subject.name} -> images{part}: " + ", ".join(f"{c} {origin[c]}" for c in channels))
+    with OutputFolder(out, overwrite=overwrite, replace=True) as folder:
+        staged = folder.staging  # named like ``out``: dataset.json takes its name from the folder
+        cases: dict[str, dict] = {}
+        for plan in plans:
+            subject = plan.subject
+            volumes = load(subject)
+            images = _case_images(plan, volumes, synthesize)
+            part = "Ts" if plan.test else "Tr"
+            for index, c in enumerate(channels):
+                write_volume(staged / f"images{part}" / f"{subject.name}_{index:04d}{FILE_ENDING}",
+                             images[c], volumes.affine, volumes.header)
+            if volumes.seg is not None:
+                label = remap_labels(volumes.seg, remap, str(subject.seg))
+                write_labels(staged / f"labels{part}" / f"{subject.name}{FILE_ENDING}", label, volumes.affine)
+            (summary.test if plan.test else summary.training).append(subject.name)
+            origin = {c: ("synthetic" if c in plan.needed else "observed") for c in channels}
+            cases[subject.name] = {"part": f"images{part}", "channels": origin,
+                                   "synthesized_from": plan.inputs if plan.needed else []}
+            log(f"  {subject.name} -> images{part}: " + ", ".join(f"{c} {origin[c]}" for c in channels))
 
-    _write_metadata(out, channels, label_names, summary, description, {
-        "channels": channels,
-        "synthetic_channels": synthetic,
-        "label_sources": {name: list(map(int, values)) for name, values in labels.items()},
-        "cases": cases,
-        "skipped": summary.skipped,
-        **dict(provenance or {}),
-    })
-    validate_nnunet_dataset(out)
+        _write_metadata(staged, channels, label_names, summary, description, {
+            "channels": channels,
+            "synthetic_channels": synthetic,
+            "label_sources": {name: list(map(int, values)) for name, values in labels.items()},
+            "cases": cases,
+            "skipped": summary.skipped,
+            **dict(provenance or {}),
+        })
+        validate_nnunet_dataset(staged)
     return summary
 
 

@@ -185,16 +185,22 @@ class UHVEDConfig:
             )
         if self.train.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {SCHEDULES}, got {self.train.schedule!r}")
-        if self.train.batch_size < 1 or self.train.steps < 0:
-            raise ConfigError("train.batch_size must be >= 1 and train.steps >= 0")
+        for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self.train, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self.train, key)}")
+        if self.eval.sw_batch_size < 1:
+            raise ConfigError(f"eval.sw_batch_size must be >= 1, got {self.eval.sw_batch_size}")
         if not 0.0 <= self.train.tumour_patch_fraction <= 1.0:
             raise ConfigError("train.tumour_patch_fraction must lie in [0, 1]")
         if not 0.0 <= self.train.kl_warmup_fraction <= 1.0:
             raise ConfigError("train.kl_warmup_fraction must lie in [0, 1]")
         if self.train.amp not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.amp must be auto, bf16 or fp32, got {self.train.amp!r}")
-        if self.eval.samples < 1 or self.eval.temperature < 0:
-            raise ConfigError("eval.samples must be >= 1 and eval.temperature >= 0")
+        if self.eval.samples < 1 or not self.eval.temperature >= 0 or self.eval.temperature == float("inf"):
+            raise ConfigError(
+                f"eval.samples must be >= 1 and eval.temperature a finite number >= 0, got "
+                f"{self.eval.samples} and {self.eval.temperature}"
+            )
         if not 0.0 <= self.eval.overlap < 1.0:
             raise ConfigError(f"eval.overlap must lie in [0, 1), got {self.eval.overlap}")
         if self.eval.blend not in ("gaussian", "constant"):

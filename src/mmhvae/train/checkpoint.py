@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -28,8 +28,7 @@ FORMAT = "mmhvae-generator"
 FORMAT_VERSION = "1"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or not an mmhvae checkpoint; the message names the file."""
+from mmhvae.errors import CheckpointError  # noqa: E402,F401 - defined with the other project errors
 
 
 def save_generator(path: Path, model: nn.Module, config: ExperimentConfig, step: int, **extra: Any) -> None:
@@ -96,20 +95,51 @@ def read_generator(path: str | Path) -> tuple[dict[str, torch.Tensor], Experimen
     return state, config, metadata
 
 
+def check_weights(path: str | Path, state: dict[str, torch.Tensor], model: nn.Module, what: str = "its config") -> None:
+    """Refuse weights that are non-finite or do not fit ``model`` (names, shapes), naming the file.
+
+    ``model.load_state_dict`` would report a size mismatch as a multi-line RuntimeError, and NaN
+    weights would load silently and synthesize NaN volumes.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit the architecture of {what} (missing {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}); "
+            "the file was edited or written by another version: use a checkpoint written by `mmhvae train`"
+        )
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise CheckpointError(
+            f"{path}: weights do not fit {what}: {k} has shape {got} in the file but {want} in the model "
+            f"({len(wrong)} mismatched tensor(s)); the weights and the embedded config disagree, use an "
+            "unmodified checkpoint written by `mmhvae train`"
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf (first: {bad[0]}); the model diverged or "
+            "the file is damaged: use an earlier checkpoint (e.g. best.safetensors) or retrain"
+        )
+
+
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Build the generator described by the checkpoint and load its weights (``model.config`` is set)."""
     from mmhvae.models import build_model
 
-    state, config, metadata = read_generator(path)
+    file = resolve_checkpoint(path)
+    state, config, metadata = read_generator(file)
     model = build_model(config.model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{resolve_checkpoint(path)}: weights do not match the architecture in its config "
-            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
-        )
+    check_weights(file, state, model)
+    model.load_state_dict(state)
     model.config = config
-    model.checkpoint_step = int(metadata.get("step", 0))
+    try:
+        model.checkpoint_step = int(metadata.get("step", 0))
+    except ValueError:
+        raise CheckpointError(f"{file}: invalid step {metadata.get('step')!r} in the metadata") from None
     # NHWC weights make oneDNN / cuDNN pick their fast convolution kernels (2-5x on CPU).
     return model.to(device).to(memory_format=torch.channels_last).eval()
 
@@ -123,11 +153,123 @@ def load_state(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: training state not found (nothing to resume)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise CheckpointError(f"{path}: corrupt or foreign training state ({type(exc).__name__}: {exc})") from None
+        # torch's own message suggests weights_only=False, i.e. running the file's code: not repeated here.
+        raise CheckpointError(
+            f"{path}: corrupt or foreign training state ({type(exc).__name__}); it cannot be resumed: "
+            "start a new run in another --out (or restore the file from a backup)"
+        ) from None
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise CheckpointError(f"{path}: not an mmhvae training state; start a new run in another --out")
+    return state
 
 
 def latest_state(run_dir: Path) -> Optional[Path]:
     p = Path(run_dir) / "checkpoints" / "last_state.pt"
     return p if p.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Resuming: the same run, and no leftovers of a killed one
+# --------------------------------------------------------------------------------------------------
+
+#: Settings a resumed run may change: how long it runs, where, how often it logs and saves, and the
+#: evaluation settings (not used by training). Everything else (model, data, objective) is the run's.
+RESUMABLE_CHANGES = (
+    "name", "train.steps", "train.device", "train.log_every", "train.checkpoint_every", "train.validate_every",
+    "data.num_workers", "data.cache_dir", "eval.",
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data and all(isinstance(k, str) for k in data) and prefix.count(".") < 1:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: data}
+
+
+def config_differences(saved: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, given value)`` for every setting (``section.key``) that differs."""
+    a, b = _flatten(saved), _flatten(given)
+    diffs = []
+    for key in list(a) + [k for k in b if k not in a]:
+        va, vb = a.get(key), b.get(key)
+        if key == "data.cohort" and va and vb:
+            va_cmp, vb_cmp = str(Path(str(va)).expanduser().resolve()), str(Path(str(vb)).expanduser().resolve())
+        else:
+            va_cmp, vb_cmp = va, vb
+        if va_cmp != vb_cmp:
+            diffs.append((key, va, vb))
+    return diffs
+
+
+def check_resume_config(
+    run_dir: Path, saved: dict[str, Any], given: dict[str, Any], source: Callable[[str], str] = lambda k: k
+) -> list[tuple[str, Any, Any]]:
+    """Refuse to resume ``run_dir`` with settings that differ from its ``config.yaml``.
+
+    ``source(key)`` says where the given value came from (``--cohort``, ``--config tiny``, an
+    override). Returns the allowed changes (:data:`RESUMABLE_CHANGES`), for the caller to report.
+    """
+    diffs = config_differences(saved, given)
+    allowed = [d for d in diffs if any(d[0] == p or (p.endswith(".") and d[0].startswith(p)) for p in RESUMABLE_CHANGES)]
+    refused = [d for d in diffs if d not in allowed]
+    if refused:
+        shown = "; ".join(f"{k}: run {_short(a)}, {source(k)} gives {_short(b)}" for k, a, b in refused[:4])
+        more = f" (+{len(refused) - 4} more)" if len(refused) > 4 else ""
+        raise ConfigError(
+            f"--resume: {run_dir} was trained with other settings ({shown}{more}); resume with the run's own "
+            f"settings (drop the differing options; see {Path(run_dir) / 'config.yaml'}) or train into a new --out"
+        )
+    return allowed
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes (``.<name>.<random>.tmp``) a killed process left.
+
+    Only for a run folder about to be (re)used by one trainer: nobody else writes there meanwhile.
+    """
+    removed = []
+    for sub in (Path(folder), Path(folder) / "checkpoints"):
+        if not sub.is_dir():
+            continue
+        for file in sub.iterdir():
+            if file.name.startswith(".") and file.name.endswith(".tmp") and file.is_file():
+                file.unlink(missing_ok=True)
+                removed.append(file)
+    return removed
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the rows of a CSV log (step in the first column) up to ``step``, the checkpoint resumed from.
+
+    A run killed after logging steps past its last checkpoint would otherwise log them twice; a new
+    run (``step`` 0) starts an empty log.
+    """
+    import csv
+    import io
+
+    from mmhvae.atomic import atomic_write_text
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    if step <= 0:
+        path.unlink()
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    kept = [r for r in rows[1:] if r and r[0].strip().isdigit() and int(r[0]) <= step]
+    if len(kept) == len(rows) - 1:
+        return
+    buf = io.StringIO()
+    csv.writer(buf).writerows([rows[0], *kept])
+    atomic_write_text(path, buf.getvalue())

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmhvae.config import ExperimentConfig
+from mmhvae.errors import MmhvaeError
 from mmhvae.models import build_model
 from mmhvae.nn.discriminator import ModalityDiscriminators
 from mmhvae.subsets import SubsetPolicy, all_subsets
@@ -35,7 +36,7 @@ from mmhvae.train.gan import (
 from mmhvae.train.losses import kl_per_pixel, reconstruction_loss
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(MmhvaeError, ValueError):
     """The loss became NaN/Inf; training stopped and the last good checkpoint was kept."""
 
 
@@ -329,7 +330,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         tc = self.cfg.train
         run_dir = self.run_dir
-        logger = _RunLogger(run_dir, enabled=self.dist.is_main)
+        # Rows logged after the checkpoint we resume from are dropped: one row per step and key.
+        logger = _RunLogger(run_dir, enabled=self.dist.is_main, resume_step=self.step)
         if self.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.save(run_dir / "config.yaml")
@@ -378,16 +380,18 @@ class Trainer:
 class _RunLogger:
     """CSV + TensorBoard scalars, written by the main process only."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.csv"
         self.writer = None
         if enabled:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
+            ckpt.truncate_log(self.path, resume_step)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                # purge_step drops the events a killed run logged after its last checkpoint.
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step or None)
             except ImportError:  # tensorboard is optional at run time; CSV is always written
                 self.writer = None
 
@@ -414,6 +418,8 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: 
     """Train ``cfg`` on ``cfg.data.cohort`` (its ``train`` split; ``val`` for model selection)."""
     from mmhvae.train.data import build_datasets
 
+    if int(os.environ.get("RANK", "0")) == 0:
+        ckpt.remove_stale_temporaries(Path(run_dir))  # left by a run killed during a save
     train_set, val_set = build_datasets(cfg)
     trainer = Trainer(cfg, Path(run_dir), train_set, val_set, progress=progress)
     if resume:

@@ -346,35 +346,39 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], UHVEDConfig, d
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    from mmhvae.errors import CheckpointError
+
     file = _model_path(path)
     if not file.exists():
-        raise FileNotFoundError(f"{file}: checkpoint not found (give a run folder or its {MODEL_FILE})")
+        raise CheckpointError(f"{file}: checkpoint not found (give a run folder or its {MODEL_FILE})")
     try:
         with safe_open(str(file), framework="pt") as fh:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{file}: not a safetensors checkpoint ({exc})") from None
+        raise CheckpointError(f"{file}: not a safetensors checkpoint ({exc})") from None
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise CheckpointError(
             f"{file}: not a U-HVED checkpoint (format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}); "
             "was it written by another model?"
         )
     if meta.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{file}: unsupported U-HVED checkpoint version {meta.get('format_version')!r}")
-    cfg = UHVEDConfig.from_dict(json.loads(meta["config"]))
-    return load_file(str(file)), cfg, meta
+        raise CheckpointError(f"{file}: unsupported U-HVED checkpoint version {meta.get('format_version')!r}")
+    try:
+        cfg = UHVEDConfig.from_dict(json.loads(meta["config"]))
+        weights = load_file(str(file))
+    except (KeyError, SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file}: corrupt U-HVED checkpoint ({type(exc).__name__}: {exc})") from None
+    return weights, cfg, meta
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UHVED, UHVEDConfig, int]:
     """Rebuild the model of a checkpoint: ``(model in eval mode, config, step)``."""
+    from mmhvae.train.checkpoint import check_weights
+
     weights, cfg, meta = read_checkpoint(path)
     model = UHVED.from_config(cfg)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{_model_path(path)}: weights do not match the config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    check_weights(_model_path(path), weights, model)  # names, shapes, finite: one line naming the file
+    model.load_state_dict(weights)
     return model.to(device).eval(), cfg, int(meta.get("step", 0))
 
 
@@ -432,12 +436,14 @@ class UHVEDTrainer:
         self.autocast = self.device.type == "cuda" and amp in ("auto", "bf16")
 
     def _resume(self) -> None:
+        from mmhvae.errors import CheckpointError
+
         model_file = self.out / MODEL_FILE
         if not model_file.exists():
-            raise FileNotFoundError(f"--resume: no {MODEL_FILE} in {self.out}")
+            raise CheckpointError(f"--resume: no {MODEL_FILE} in {self.out} (nothing to resume; drop --resume)")
         weights, saved_cfg, meta = read_checkpoint(model_file)
         if saved_cfg.model != self.cfg.model:
-            raise ValueError(f"--resume: the model config differs from the one saved in {self.out}")
+            raise CheckpointError(f"--resume: the model config differs from the one saved in {self.out}")
         self.model.load_state_dict(weights)
         if (self.out / "optimizer.safetensors").exists():
             _load_optimizer(self.out, self.optimizer)
@@ -470,6 +476,10 @@ class UHVEDTrainer:
         atomic_write_text(self.out / "config.yaml", self.cfg.to_yaml())
         log_file = self.out / "log.csv"
         fields = ["step", "loss", "dice", "ce", "mse", "kl", "lr", "seconds"]
+        from mmhvae.train.checkpoint import remove_stale_temporaries, truncate_log
+
+        remove_stale_temporaries(self.out)  # left by a run killed during a save
+        truncate_log(log_file, self.start_step)  # rows past the resumed checkpoint would repeat
         new_log = not log_file.exists() or self.start_step == 0
         t0 = time.time()
         running: dict[str, float] = {}

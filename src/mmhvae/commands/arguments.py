@@ -1,0 +1,48 @@
+"""Checked argument types shared by the verbs: a bad number is refused by argparse, in one line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (samples, batch sizes, steps, draws, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def temperature(text: str) -> float:
+    """A finite number >= 0 (tau: 0 = deterministic mean output)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = deterministic), got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (data ranges, sizes)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def add_overwrite(parser: argparse.ArgumentParser, what: str = "existing outputs") -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} (inputs are never overwritten)")
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K [auto]")

@@ -1,18 +1,41 @@
-"""The built-in cohort: determinism, missingness, splits, and plausible contrasts."""
+"""The built-in cohort: MNI152 anatomy, determinism, missingness presets, contrasts, ultrasound."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from mmhvae.data import phantom
 from mmhvae.data.cohort import Cohort, load_subject
+from mmhvae.data.phantom import template
 
 SHAPE = (32, 32, 16)
 
 
 def _files(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return phantom.generate_subject(0, seed=0, shape=(64, 64, 32))
+
+
+def _core(subject, tissue, inside=True):
+    """Voxels of one tissue away from its boundary (no partial volume), or all of them if too few."""
+    voxels = (subject.tissues == tissue) & inside
+    core = ndi.binary_erosion(subject.tissues == tissue) & inside
+    return core if core.sum() >= 5 else voxels
+
+
+def _median(subject, modality, tissue):
+    inside = subject.sector if modality == "us" else subject.brain_mask
+    voxels = _core(subject, tissue, inside)
+    assert voxels.sum() >= 3, (modality, phantom.TISSUE_NAMES[tissue])
+    return float(np.median(subject.images[modality][voxels]))
 
 
 def test_same_seed_identical_files_different_seed_different(tmp_path):
@@ -36,7 +59,7 @@ def test_cohort_layout_loads_and_validates(tmp_path):
     assert set(np.unique(volumes.seg)) <= {0, 1, 2, 3} and (volumes.seg > 0).any()
     np.testing.assert_allclose(np.diag(volumes.affine)[:3], phantom.default_spacing(SHAPE))
     us = volumes.images["us"]
-    assert 0.005 < (us > 0).mean() < 0.5 and us.max() <= 255  # a sector, zero outside
+    assert 0.002 < (us > 0).mean() < 0.5 and us.max() <= 255  # a sector, zero outside
     # MR is skull-stripped: nothing outside the brain mask.
     assert not volumes.images["t2"][~volumes.brain_mask].any()
 
@@ -58,6 +81,8 @@ def test_remind_missingness_on_100_subjects():
     assert flair_splits == {"train", "val", "test"}
     with pytest.raises(ValueError, match="missingness"):
         phantom.availability(10, 0, "random")
+    with pytest.raises(ValueError, match="remind"):
+        phantom.availability(10, 0, "remind", ["t1", "t2"])
 
 
 def test_remind_manifest_matches_availability(tmp_path):
@@ -67,22 +92,103 @@ def test_remind_manifest_matches_availability(tmp_path):
     assert [s.available(cohort.modalities) for s in cohort.subjects] == [tuple(r) for r in expected]
 
 
-def test_contrasts_follow_tissue_physics():
-    subject = phantom.generate_subject(0, seed=0, shape=(64, 64, 32))
-    tissues = subject.tissues
+def test_brats_preset_has_four_mr_contrasts_with_random_missing_ones(tmp_path):
+    avail = phantom.availability(200, seed=1, missingness="brats")
+    assert avail.shape == (200, 4) and avail.any(axis=1).all()
+    assert 0.2 < avail.all(axis=1).mean() < 0.4  # BRATS_MISSING[0] = 30% complete
+    assert len({tuple(r) for r in avail}) > 8  # many different patterns
+    assert np.all((avail.mean(axis=0) > 0.6) & (avail.mean(axis=0) < 0.9))  # each modality sometimes missing
+    manifest = phantom.make_cohort(tmp_path, subjects=6, seed=1, shape=(16, 16, 8), missingness="brats", workers=1)
+    header = manifest.read_text().splitlines()[0].split(",")
+    assert header == ["subject", "t1", "t2", "cet1", "flair", "seg", "mask", "split"]
+    cohort = Cohort.load(manifest)
+    assert set(cohort.modalities) == {"t1", "t2", "cet1", "flair"}
+    expected = phantom.availability(6, 1, "brats")
+    assert sorted(s.available(["t1", "t2", "cet1", "flair"]) for s in cohort.subjects) == sorted(map(tuple, expected))
 
-    def median(modality, tissue):
-        # Ultrasound: inside its sector; MR: inside the brain mask (skull-stripped).
-        inside = subject.images["us"] > 0 if modality == "us" else subject.brain_mask
-        return float(np.median(subject.images[modality][(tissues == tissue) & inside]))
 
+def test_mr_contrasts_follow_tissue_physics(subject):
     t = phantom
-    assert median("t2", t.CSF) > median("t2", t.GM) > median("t2", t.WM)  # T2w: CSF bright
-    assert median("cet1", t.ENHANCING) > median("cet1", t.WM) > median("cet1", t.CSF)  # rim enhances
-    assert median("flair", t.OEDEMA) > median("flair", t.WM) > 3 * median("flair", t.CSF)  # CSF nulled
-    assert median("us", t.ENHANCING) > median("us", t.WM) > median("us", t.CSF)
-    # Subjects differ (smooth deformation, tumour placement) but share the anatomy.
+    med = lambda m, k: _median(subject, m, k)  # noqa: E731
+    assert med("t1", t.WM) > med("t1", t.GM) > med("t1", t.CSF)  # T1w: white matter brightest, CSF dark
+    assert med("t2", t.CSF) > med("t2", t.GM) > med("t2", t.WM)  # T2w: CSF brightest
+    assert med("flair", t.CSF) < 0.3 * med("flair", t.WM)  # FLAIR: CSF nulled ...
+    assert med("flair", t.OEDEMA) > 1.3 * med("flair", t.WM)  # ... oedema bright
+    # The rim enhances (a thin shell: partial volume with the core and oedema at 3 mm voxels).
+    assert med("cet1", t.ENHANCING) > 1.15 * med("cet1", t.WM) and med("cet1", t.ENHANCING) > 1.5 * med("cet1", t.NECROSIS)
+    assert med("cet1", t.ENHANCING) / med("cet1", t.WM) > 1.4 * med("t1", t.ENHANCING) / med("t1", t.WM)  # gadolinium
+    vessels = (subject.tissues == t.VESSEL) & subject.brain_mask
+    if vessels.sum() >= 3:  # vessels enhance too
+        assert np.median(subject.images["cet1"][vessels]) > 2 * med("cet1", t.CSF)
+
+
+def test_white_matter_lesions_differ_between_flair_and_t2():
+    for index in range(8):
+        s = phantom.generate_subject(index, seed=0, shape=(48, 48, 24), modalities=["t2", "flair"])
+        if (s.tissues == phantom.LESION).sum() >= 3:
+            break
+    else:
+        pytest.fail("no subject among 8 has white-matter lesions")
+    lesion = s.tissues == phantom.LESION
+    wm, csf = _core(s, phantom.WM), _core(s, phantom.CSF)
+    flair, t2 = s.images["flair"], s.images["t2"]
+    assert np.median(flair[lesion]) > 1.2 * np.median(flair[wm]) > np.median(flair[csf])  # FLAIR: lesion brightest
+    assert np.median(t2[csf]) > np.median(t2[lesion]) > np.median(t2[wm])  # T2: CSF brighter than lesions
+
+
+def test_ultrasound_sector_and_echogenicity(subject):
+    us, sector = subject.images["us"], subject.sector
+    assert sector is not None and 0.005 < sector.mean() < 0.3
+    assert not us[~sector].any()  # zero outside the field of view
+    assert (us[sector] > 0).mean() > 0.8 and us.max() <= 255 and np.array_equal(us, np.rint(us))
+    assert (sector & (subject.seg > 0)).sum() > 0.5 * (subject.seg > 0).sum()  # aimed at the tumour
+    # Pooled over three subjects (few CSF voxels fall in one sector at 3 mm, most beside a reflecting boundary).
+    subjects = [subject] + [phantom.generate_subject(i, seed=0, shape=(64, 64, 32), modalities=["us"]) for i in (1, 2)]
+    pooled = {k: np.median(np.concatenate([s.images["us"][(s.tissues == k) & s.sector] for s in subjects]))
+              for k in (phantom.CSF, phantom.WM, phantom.ENHANCING)}
+    assert pooled[phantom.CSF] < 0.7 * pooled[phantom.ENHANCING]  # CSF (nearly) anechoic
+    assert pooled[phantom.WM] < 0.7 * pooled[phantom.ENHANCING]  # the tumour hyperechoic
+
+
+def test_label_map_is_the_tumour(subject):
+    seg, tissues = subject.seg, subject.tissues
+    for tissue, label in phantom.SEG_OF_TISSUE.items():
+        assert np.all(seg[tissues == tissue] == label)
+    assert not seg[~subject.brain_mask].any()
+    assert set(np.unique(seg)) == {0, 1, 2, 3}
+    # Concentric: the necrotic core inside the enhancing shell, oedema further out.
+    labelled = np.argwhere(seg > 0)
+    centre = labelled.mean(axis=0)
+    distance = {k: np.linalg.norm(np.argwhere(seg == k) - centre, axis=1).mean() for k in (1, 2, 3)}
+    assert distance[1] < distance[3] < distance[2]
+    components, count = ndi.label(seg > 0)
+    assert np.bincount(components.ravel())[1:].max() > 0.9 * (seg > 0).sum()  # one tumour
+
+
+def test_subjects_differ_but_share_the_anatomy(subject):
     other = phantom.generate_subject(1, seed=0, shape=(64, 64, 32), modalities=["t2"])
-    overlap = ((tissues == t.WM) & (other.tissues == t.WM)).sum() / (tissues == t.WM).sum()
-    assert 0.5 < overlap < 0.98
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
+    assert 0.7 < dice(subject.brain_mask, other.brain_mask) < 0.98
+    assert 0.3 < dice(subject.tissues == phantom.WM, other.tissues == phantom.WM) < 0.9
     assert not np.array_equal(subject.seg > 0, other.seg > 0)
+    # Both are brains: ventricles (CSF deep inside) and a cortex of grey matter over white matter.
+    for s in (subject, other):
+        depth = ndi.distance_transform_edt(s.brain_mask, sampling=phantom.default_spacing((64, 64, 32)))
+        assert ((s.tissues == phantom.CSF) & (depth > 20)).sum() > 20
+        assert np.mean(s.tissues[(depth > 0) & (depth < 4)] == phantom.GM) > np.mean(s.tissues[depth > 20] == phantom.GM)
+
+
+def test_clear_error_when_nilearn_is_absent(monkeypatch, tmp_path):
+    template.load_template.cache_clear()
+    template.blurred_template.cache_clear()
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # importlib.util.find_spec("nilearn") -> None
+    with pytest.raises(phantom.TemplateMissingError, match=r"nilearn.*pip install"):
+        phantom.generate_subject(0, shape=(16, 16, 8))
+    monkeypatch.undo()
+
+    class Spec:  # nilearn installed without its data files
+        submodule_search_locations = [str(tmp_path)]
+
+    monkeypatch.setattr(template.importlib.util, "find_spec", lambda name: Spec())
+    with pytest.raises(phantom.TemplateMissingError, match="mni_icbm152_t1"):
+        phantom.template_paths()

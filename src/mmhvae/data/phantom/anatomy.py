@@ -26,6 +26,7 @@ TISSUE_NAMES = ("background", "csf", "gm", "wm", "necrosis", "oedema", "enhancin
 # BraTS-like segmentation: 1 necrotic / non-enhancing core, 2 oedema, 3 enhancing.
 SEG_OF_TISSUE = {NECROSIS: 1, CALCIFICATION: 1, OEDEMA: 2, ENHANCING: 3}
 
+_SHARPNESS = 2.5  # power on the template's tissue probabilities
 _LESION_PROBABILITY = 0.5  # subjects with a few small MS-like white-matter lesions
 _CALCIFICATION_PROBABILITY = 0.35  # tumours with calcifications (strong acoustic shadows)
 
@@ -53,8 +54,9 @@ class _Placement:
     """The global affine from template voxels (1 mm) to output millimetres, and its inverse."""
 
     def __init__(self, rng: np.random.Generator, centre: np.ndarray):
-        size = rng.uniform(0.90, 1.07)
-        self.scale = (size * rng.uniform(0.96, 1.04, 3)).astype(np.float32)
+        # MNI152 is larger than most brains (144 x 180 x 155 mm here, brainstem included): shrink it.
+        size = rng.uniform(0.86, 1.0)
+        self.scale = (size * rng.uniform(0.97, 1.03, 3)).astype(np.float32)
         # Hemispheres of slightly different width (brain asymmetry): x scale for x < 0 and x > 0.
         self.hemisphere = (1.0 + np.array([-1.0, 1.0]) * rng.uniform(-0.04, 0.04)).astype(np.float32)
         self.rotation = _rotation(np.radians(np.clip(rng.normal(0.0, 4.0, 3), -10, 10)))
@@ -114,6 +116,7 @@ def make_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Sequen
     csf, gm, wm = (ndi.map_coordinates(t, q, order=1, mode="constant", cval=0.0, prefilter=False) for t in tissues)
     del q
     brain = np.minimum(csf + gm + wm, 1.0)
+    csf, gm, wm = _sharpen((csf, gm, wm), brain)
 
     f = {CSF: csf, GM: gm, WM: wm}
     mm = float(np.mean(spacing))
@@ -125,6 +128,15 @@ def make_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Sequen
     labels = np.where(mask, np.argmax(fractions, axis=0) + 1, BACKGROUND).astype(np.uint8)
     centre = placement.forward(template.centre[None])[0]
     return Anatomy(fractions.astype(np.float32), labels, mask, tumour_centre.astype(np.float32), radius, centre)
+
+
+def _sharpen(fractions, brain, power: float = _SHARPNESS):
+    """Sharper tissue boundaries than the population average the template is: each class's
+    fraction raised to ``power`` and renormalized to the brain fraction, so that sulci, thin
+    cortex and the grey/white boundary look like one brain's rather than a blur of 152."""
+    powered = [f**power for f in fractions]
+    total = sum(powered) + np.float32(1e-6)
+    return [p * (brain / total) for p in powered]
 
 
 def _lesions(rng, f, template, placement, shape, spacing, mm) -> None:
@@ -175,7 +187,7 @@ def _oedema_and_tumour(rng, f, brain, centre, radius, shape, spacing, mm) -> Non
     keep = 1.0 - tumour
     for k in list(f):
         f[k] = f[k] * keep
-    core = np.float32(rng.uniform(0.3, 0.7)) * (1.0 + np.float32(0.2) * smooth_field(rng, shape, spacing, 6.0))
+    core = np.float32(rng.uniform(0.25, 0.6)) * (1.0 + np.float32(0.2) * smooth_field(rng, shape, spacing, 6.0))
     necrosis = np.minimum(brain * ramp(core - rt, width), tumour)
     f[NECROSIS] = necrosis
     f[ENHANCING] = tumour - necrosis

@@ -50,7 +50,7 @@ class Template:
     the brain, with the brain centre and candidate points for pathology (voxel = mm coordinates)."""
 
     tissues: np.ndarray
-    centre: np.ndarray  # (3,) brain centroid
+    centre: np.ndarray  # (3,) centre of the brain's bounding box
     ventricle_centre: np.ndarray  # (3,) centroid of the lateral ventricles
     tumour_sites: np.ndarray  # (K, 3) deep cerebral white matter, away from the midline
     lesion_sites: np.ndarray  # (K, 3) periventricular white matter
@@ -70,7 +70,8 @@ def load_template() -> Template:
     box = tuple(slice(max(int(i.min()) - 6, 0), int(i.max()) + 7) for i in np.nonzero(brain))
     tissues = np.stack([csf[box], gm[box], wm[box]]).astype(np.float32)
     brain = brain[box]
-    centre = np.array(ndi.center_of_mass(brain), dtype=np.float32)
+    # Centre of the brain's bounding box: a head fills the field of view evenly (not its centroid).
+    centre = np.array([(i.min() + i.max()) / 2 for i in np.nonzero(brain)], dtype=np.float32)
     depth = ndi.distance_transform_edt(brain)  # mm from the brain surface
     x_mid = centre[0]
     # Lateral ventricles: the large CSF pool deep inside the cerebrum.

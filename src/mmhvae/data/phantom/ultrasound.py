@@ -29,12 +29,14 @@ from mmhvae.data.phantom.anatomy import TISSUE_NAMES, Anatomy
 from mmhvae.data.phantom.fields import grid
 
 #                          csf   gm    wm    necr  oedema enh   lesion vessel calcif
-_ECHO = np.array([0.0, 0.02, 0.28, 0.40, 0.08, 0.55, 0.95, 0.45, 0.70, 2.5], np.float32)
-_IMPEDANCE = np.array([1.50, 1.51, 1.58, 1.61, 1.54, 1.60, 1.66, 1.61, 1.66, 4.0], np.float32)
+_ECHO = np.array([0.0, 0.01, 0.07, 0.11, 0.03, 0.22, 0.50, 0.25, 0.40, 2.5], np.float32)
+_IMPEDANCE = np.array([1.50, 1.49, 1.58, 1.61, 1.54, 1.60, 1.66, 1.61, 1.66, 4.0], np.float32)
 _ATTENUATION = np.array([0.0002, 0.0003, 0.005, 0.007, 0.002, 0.006, 0.012, 0.007, 0.006, 0.6], np.float32)  # 1/mm
 assert len(_ECHO) == len(TISSUE_NAMES)
-_SPECULAR = 14.0  # brightness per unit impedance jump (MRayl)
-_DYNAMIC_RANGE_DB = 45.0
+_SPECULAR = 25.0  # brightness per unit impedance gradient (MRayl / mm)
+_DYNAMIC_RANGE_DB = 40.0
+_GAIN = 0.15  # puts white matter near mid-grey after log compression
+_NOISE_FLOOR = 0.005  # electronic noise: anechoic regions are dark grey, not black
 
 
 def _tissue_map(anatomy: Anatomy, table: np.ndarray) -> np.ndarray:
@@ -73,7 +75,8 @@ def ultrasound_image(rng: np.random.Generator, anatomy: Anatomy, spacing: Sequen
     lateral = np.cross(beam, helper)
     lateral /= np.linalg.norm(lateral)
     elevation = np.cross(beam, lateral)
-    max_depth = float(np.linalg.norm(anatomy.tumour_centre - apex)) + anatomy.tumour_radius + rng.uniform(15, 35)
+    reach = float(np.linalg.norm(anatomy.tumour_centre - apex)) + anatomy.tumour_radius + rng.uniform(10, 30)
+    max_depth = max(reach, rng.uniform(50, 70))  # the deeper of: past the tumour, or a usual depth setting
     half_fan = np.tan(np.radians(rng.uniform(28, 40)))
     half_sweep = np.tan(np.radians(rng.uniform(20, 30)))
 
@@ -113,12 +116,14 @@ def ultrasound_image(rng: np.random.Generator, anatomy: Anatomy, spacing: Sequen
     reflected = (jump / (2.0 * impedance)) ** 2
     loss = np.cumsum(attenuation * np.float32(2 * step) + np.float32(40.0) * reflected, axis=0)
     transmission = np.exp(-(loss - loss[:1]))
-    specular = ndi.gaussian_filter(jump * np.float32(_SPECULAR), (0.6, 1.2, 1.2), truncate=2.0)
+    # Brightness follows the impedance gradient along the beam (per mm): sharp boundaries facing the
+    # beam reflect most; the gradient is spread by the grid's partial volume, as by a real pulse.
+    specular = ndi.gaussian_filter(jump * np.float32(_SPECULAR / step), (0.6, 1.2, 1.2), truncate=2.0)
     tgc = np.exp(rs * np.float32(rng.uniform(0.6, 0.95) * 2 * 0.006))[:, None, None]
-    gain = np.float32(np.exp(rng.uniform(-0.25, 0.25)))
+    gain = np.float32(_GAIN * np.exp(rng.uniform(-0.25, 0.25)))
     amplitude = (echo * _speckle(rng, echo.shape, (0.7, 1.3, 1.3)) + specular * _speckle(rng, echo.shape, (0.7, 2.5, 2.5)))
     amplitude *= transmission * tgc * gain
-    amplitude += np.float32(0.012) * _speckle(rng, echo.shape, (0.5, 1.0, 1.0))  # electronic noise floor
+    amplitude += np.float32(_NOISE_FLOOR) * _speckle(rng, echo.shape, (0.5, 1.0, 1.0))  # electronic noise floor
     db = 20.0 * np.log10(amplitude + 1e-6)
     bmode = np.clip(1.0 + db / np.float32(_DYNAMIC_RANGE_DB), 0.0, 1.0) * np.float32(255.0)
 

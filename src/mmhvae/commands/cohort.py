@@ -11,9 +11,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "make-cohort",
         help="write the built-in phantom cohort (NIfTI files + manifest.csv)",
         description=(
-            "Generate a deterministic cohort of brain-tumour phantoms with ultrasound, T2, ceT1 and FLAIR "
+            "Generate a deterministic cohort of brain-tumour phantoms (anatomy from the MNI152 template "
+            "shipped with nilearn, deformed per subject) with ultrasound, T1, T2, ceT1 and FLAIR "
             "(same seed -> identical files), tumour labels and brain masks, and write OUT/manifest.csv. "
-            "Missingness 'remind' mimics the ReMIND cohort (US 100%%, ceT1 94%%, T2 63%%, FLAIR 20%%)."
+            "Missingness 'remind' mimics the ReMIND cohort (US 100%%, ceT1 94%%, T2 63%%, FLAIR 20%%); "
+            "'brats' has BraTS's four MR contrasts with random missing ones."
         ),
     )
     make.add_argument("out", type=Path, help="output folder")
@@ -23,8 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="volume shape (default 128 128 64); match it to the model image size")
     make.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("SX", "SY", "SZ"),
                       help="voxel size in mm (default: a 192 x 192 x 160 mm field of view)")
-    make.add_argument("--missingness", choices=["remind", "complete"], default="remind",
-                      help="which modalities each subject has (default remind)")
+    make.add_argument("--missingness", choices=["remind", "brats", "complete"], default="remind",
+                      help="which modalities each subject has: remind (us, t2, cet1, flair with ReMIND's "
+                           "availability; the default), brats (t1, t2, cet1, flair, each subject missing 0-3 "
+                           "at random) or complete (everything)")
+    make.add_argument("--modalities", nargs="+", default=None, choices=["us", "t1", "t2", "cet1", "flair"],
+                      help="modalities to generate with --missingness brats or complete (default: the "
+                           "preset's), e.g. us t1 flair like the RESECT cases")
     make.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores, max 8)")
     make.add_argument("--overwrite", action="store_true",
                       help="write into a folder that already holds a manifest.csv or NIfTI files")
@@ -106,7 +113,7 @@ def run_make_cohort(args: argparse.Namespace) -> int:
         make_cohort(
             staged.staging, subjects=args.subjects, seed=args.seed, shape=tuple(args.shape),
             spacing=tuple(args.spacing) if args.spacing else None, missingness=args.missingness,
-            workers=args.workers,
+            workers=args.workers, modalities=args.modalities,
         )
     manifest = Path(args.out) / "manifest.csv"
     elapsed = time.perf_counter() - start

@@ -101,6 +101,9 @@ class OutputFolder:
         t = self.target
         if t.exists() and not t.is_dir():
             raise OutputError(f"{self.flag} {t}: is a file, expected a folder; choose a folder path")
+        ancestor = next((a for a in t.parents if a.exists()), None)
+        if ancestor is not None and not ancestor.is_dir():
+            raise OutputError(f"{self.flag} {t}: {ancestor} is a file, not a folder; choose another {self.flag}")
         if self.replace and any(p.exists() and _same_file(p, t) for p in self.protect):
             raise OutputError(f"{self.flag} {t}: is an input folder; choose another {self.flag}")
 

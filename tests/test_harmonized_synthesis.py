@@ -158,3 +158,24 @@ def test_synthesis_works_where_white_matter_cannot_be_estimated(tiny_model, tmp_
     nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
     out = synthesize_volume(tiny_model, {"t2": path}, temperature=0.0)
     assert set(out) == set(MODALITIES) and all(np.isfinite(img.get_fdata()).all() for img in out.values())
+
+
+def test_masks_bound_the_input_scaling_and_are_asked_for_when_training_had_them(cohort, tiny_model, tmp_path):
+    from mmhvae.infer import synthesize_volume
+
+    subject_dir = next(iter(cohort.subjects[0].paths.values())).parent
+    t2 = nib.load(subject_dir / f"{cohort.subjects[0].name}-t2.nii.gz")
+    mask = np.zeros(t2.shape, dtype=np.uint8)
+    mask[8:24, 8:24] = 1
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, t2.affine), mask_path)
+    tiny_model.config.data.trained_with_masks = True
+    with pytest.warns(UserWarning, match="trained with brain masks"):
+        free = synthesize_volume(tiny_model, {"t2": t2}, temperature=0.0)["cet1"].get_fdata()
+    masked = synthesize_volume(tiny_model, {"t2": t2}, temperature=0.0, brain_mask=mask_path)["cet1"].get_fdata()
+    assert not np.allclose(free, masked)  # the mask changes what the encoders see
+    bad = tmp_path / "bad_mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask[:, :, :-1], t2.affine), bad)
+    with pytest.raises(ValueError, match="shape"):
+        synthesize_volume(tiny_model, {"t2": t2}, temperature=0.0, brain_mask=bad)
+    tiny_model.config.data.trained_with_masks = False

@@ -2,8 +2,9 @@
 
 Inputs are read as acquired and scaled per image exactly as the encoders saw them in training
 (:mod:`mmhvae.data.input_normalization`; no harmonization, so no white-matter estimate is needed),
-cut into slices along the training axis, synthesized in batches and restacked into the input's shape,
-affine and header. Outputs are float32 in **harmonized units** (paper §4.4.1: e.g. white-matter
+brought into the model's frame (orientation, spacing, field of view on the foreground, tiles where
+the foreground is wider: :mod:`mmhvae.data.frame_slices`), synthesized in batches and mapped back onto
+the input's own grid: same shape, affine and header, so outputs overlay the inputs in any viewer. Outputs are float32 in **harmonized units** (paper §4.4.1: e.g. white-matter
 median = 1/7 for T2, ultrasound in [0, 1]), for every target, including one that was also an input
 (the model harmonizes it). ``acquired_range=True`` maps such a target back to its input's intensity
 range instead (that harmonizes the input too, so it needs a white-matter estimate or ``wm_mask``).
@@ -11,6 +12,7 @@ range instead (that harmonizes the input too, so it needs a white-matter estimat
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -107,7 +109,8 @@ def synthesize_volume(
     from mmhvae.data.foreground import foreground_mask
     from mmhvae.data.harmonize import harmonize_subject, invert_harmonization
     from mmhvae.data.input_normalization import normalize_input_slices, normalize_input_volume
-    from mmhvae.data.slices import slices_to_volume, volume_to_slices
+    from mmhvae.data.frame import frame_of
+    from mmhvae.data.frame_slices import frame_slices
     from mmhvae.models.protocol import check_temperature, default_temperature, synthesize_batched
 
     if not isinstance(model, nn.Module):
@@ -132,33 +135,41 @@ def synthesize_volume(
     tolerance = getattr(cfg.data, "affine_tolerance", 1e-3)
     loaded = {m: _as_image(m, v) for m, v in inputs.items()}
     _check_geometry(loaded, tolerance)
-    ref_img = next(iter(loaded.values()))[0]
-    arrays = {m: np.asarray(img.dataobj, dtype=np.float32) for m, (img, _) in loaded.items()}
+    ref_img, source = next(iter(loaded.values()))
+    arrays_in = {m: np.asarray(img.dataobj, dtype=np.float32) for m, (img, _) in loaded.items()}
     brain = _mask_array("brain mask", brain_mask, ref_img, tolerance)
+    if brain is None and getattr(cfg.data, "trained_with_masks", False):
+        warnings.warn(
+            "this model was trained with brain masks but none was given: inputs are scaled over their "
+            "non-background voxels instead; pass brain_mask (CLI: --mask) for outputs as in training",
+            stacklevel=2,
+        )
     wm = _mask_array("white-matter mask", wm_mask, ref_img, tolerance)
-    own = {m: brain if brain is not None else foreground_mask(a) for m, a in arrays.items()}
+    own = {m: brain if brain is not None else foreground_mask(a) for m, a in arrays_in.items()}
 
-    axis, size = cfg.data.slice_axis, model.cfg.image_size
-    sliced = {}
-    geometry = None
-    for m, volume in arrays.items():
-        raw, geometry = volume_to_slices(normalize_input_volume(volume, cfg.data, own[m]), axis, size)
-        mask, _ = volume_to_slices(own[m], axis, size)
-        sliced[m] = normalize_input_slices(raw, cfg.data, mask)
-    occupied = np.zeros(len(geometry.indices), dtype=bool)
-    for m in sliced:  # slices where every input is empty are background: nothing to synthesize
-        occupied |= own[m].any(axis=tuple(a for a in range(3) if a != axis))
-    keep = np.flatnonzero(occupied)
+    # Into the model's frame (orientation, spacing, field of view on the foreground; tiles if wider).
+    frame = frame_of(cfg.data, model.cfg.image_size, ref_img.affine)
+    arrays: dict[str, np.ndarray] = {}
+    for m, volume in arrays_in.items():
+        arrays[f"{m}.input"] = normalize_input_volume(volume, cfg.data, own[m])
+        arrays[f"{m}.foreground"] = own[m]
+    sliced = frame_slices(arrays, ref_img.affine, frame, subject=source, foreground=brain,
+                          fit=getattr(cfg.data, "fit", "tile"), min_fraction=0.0)
+    stacks = {m: normalize_input_slices(sliced.stacks[f"{m}.input"], cfg.data, sliced.stacks[f"{m}.foreground"])
+              for m in arrays_in}
+    occupied = sliced.foreground.reshape(sliced.foreground.shape[0], -1).any(axis=1)
+    keep = np.flatnonzero(occupied)  # tile slices with no foreground: nothing to synthesize
 
     params = {}
-    if acquired_range and any(t in arrays for t in targets):
-        volumes = SubjectVolumes(name="input", images=arrays, affine=ref_img.affine, header=ref_img.header,
+    if acquired_range and any(t in arrays_in for t in targets):
+        volumes = SubjectVolumes(name="input", images=arrays_in, affine=ref_img.affine, header=ref_img.header,
                                  seg=None, brain_mask=brain, wm_mask=wm)
         _, params = harmonize_subject(volumes, cfg.data)
 
-    draws = {t: np.zeros((samples, len(geometry.indices), size, size), dtype=np.float32) for t in targets}
+    size = model.cfg.image_size
+    draws = {t: np.zeros((samples, occupied.size, size, size), dtype=np.float32) for t in targets}
     if keep.size:
-        out = synthesize_batched(model, {m: s[keep] for m, s in sliced.items()}, tau, batch_size, targets,
+        out = synthesize_batched(model, {m: s[keep] for m, s in stacks.items()}, tau, batch_size, targets,
                                  samples, seed=seed, progress=progress)
         for t in targets:
             draws[t][:, keep] = out[t]
@@ -166,13 +177,13 @@ def synthesize_volume(
     results: dict[str, nib.Nifti1Image] = {}
     header = ref_img.header.copy()
     header.set_data_dtype(np.float32)
-    for t in targets:
-        vol = slices_to_volume(draws[t].mean(axis=0), geometry, fill=0.0)
+    for t in targets:  # back onto the inputs' own grid
+        vol = sliced.to_input_grid(draws[t].mean(axis=0))
         if t in params:  # back to the acquired intensity range of this input
             vol = invert_harmonization(vol, params[t])
         results[t] = nib.Nifti1Image(vol.astype(np.float32), ref_img.affine, header)
         if samples > 1:
-            std = slices_to_volume(draws[t].std(axis=0), geometry, fill=0.0)
+            std = sliced.to_input_grid(draws[t].std(axis=0))
             if t in params:
                 std = std / np.float32(params[t].scale)
             results[f"{t}_std"] = nib.Nifti1Image(std.astype(np.float32), ref_img.affine, header)

@@ -35,11 +35,12 @@ from mmhvae.data.cohort import Cohort, CohortError, Subject, load_subject
 from mmhvae.data.foreground import foreground_mask, subject_foreground
 from mmhvae.data.harmonize import harmonize_subject
 from mmhvae.data.input_normalization import normalize_input_slices, normalize_input_volume
-from mmhvae.data.slices import crop_box_to_mask, foreground_slices, volume_to_slices
+from mmhvae.data.frame import frame_of
+from mmhvae.data.frame_slices import FrameSlices, frame_slices
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the preprocessing changes what it writes
+CACHE_VERSION = 3  # bump when the preprocessing changes what it writes
 # DataConfig fields that do not change the preprocessed slices (so they must not change the cache key).
 _NOT_PREPROCESSING = {
     "cohort", "modality_aliases", "balance_patterns", "augment", "augment_flip", "augment_rotation",
@@ -83,62 +84,66 @@ def subject_key(subject: Subject) -> str:
 
 @dataclass
 class PreprocessedSubject:
-    """Slices of one subject, float32 ``(N, H, W)`` for each present modality: ``inputs[m]`` (what the
-    encoders see, not harmonized) and ``targets[m]`` (harmonized: what is scored); ``seg`` int16
-    ``(N, H, W)`` or None, and ``meta`` (JSON-able: indices, geometry, harmonization)."""
+    """Slices of one subject, float32 ``(T·N, S, S)`` for each present modality (T tiles of the N
+    foreground slices of the model's frame): ``inputs[m]`` (what the encoders see, not harmonized) and
+    ``targets[m]`` (harmonized: what is scored); ``seg`` int16 or None; ``meta`` (JSON-able: frame,
+    tiles, slice indices, training ``items``, harmonization); ``slices`` to assemble outputs."""
 
     inputs: dict[str, np.ndarray]
     targets: dict[str, np.ndarray]
     seg: Optional[np.ndarray]
     meta: dict
+    slices: Optional[FrameSlices] = None  # the frame, tiles and mapping back (not cached)
 
 
 def preprocess_subject(
     subject: Subject, cfg: DataConfig, modalities: list[str], image_size: int
 ) -> PreprocessedSubject:
-    """Load, validate, normalize (inputs), harmonize (targets) and slice one subject (module docstring)."""
+    """Load, validate, normalize (inputs), harmonize (targets) and cut one subject into slices of the
+    model's frame (module docstring; :func:`~mmhvae.data.frame_slices.frame_slices`)."""
     volumes = load_subject(subject, cfg.affine_tolerance, modalities)
     targets, params = harmonize_subject(volumes, cfg)
-    own_foreground = {
-        m: volumes.brain_mask if volumes.brain_mask is not None else foreground_mask(v)
-        for m, v in volumes.images.items()
-    }
-    inputs = {m: normalize_input_volume(v, cfg, own_foreground[m]) for m, v in volumes.images.items()}
-    shape = volumes.shape
-    foreground = subject_foreground(volumes.images, volumes.brain_mask)
-    box = tuple(slice(0, n) for n in shape)
-    if cfg.crop_to_modality and cfg.crop_to_modality in volumes.images:
-        field_of_view = volumes.images[cfg.crop_to_modality] > 0
-        if field_of_view.any():
-            # Train on what the cropping modality sees: its bounding box, and slices inside its sector.
-            box = crop_box_to_mask(field_of_view, cfg.crop_margin)
-            foreground = foreground & field_of_view
-    foreground = foreground[box]
-    if cfg.foreground_only:
-        indices = foreground_slices(foreground, cfg.slice_axis, cfg.min_foreground_fraction)
-    else:
-        indices = np.arange(foreground.shape[cfg.slice_axis])
-    sliced_targets, sliced_inputs = {}, {}
-    geometry = None
-    for modality, volume in targets.items():
-        sliced_targets[modality], geometry = volume_to_slices(volume[box], cfg.slice_axis, image_size, indices)
-        raw, _ = volume_to_slices(inputs[modality][box], cfg.slice_axis, image_size, indices)
-        own, _ = volume_to_slices(own_foreground[modality][box], cfg.slice_axis, image_size, indices)
-        sliced_inputs[modality] = normalize_input_slices(raw, cfg, own)
-    seg = None
+    arrays: dict[str, np.ndarray] = {}
+    for m, volume in volumes.images.items():
+        own = volumes.brain_mask if volumes.brain_mask is not None else foreground_mask(volume)
+        arrays[f"{m}.input"] = normalize_input_volume(volume, cfg, own)
+        arrays[f"{m}.target"] = targets[m]
+        arrays[f"{m}.foreground"] = np.asarray(own, dtype=bool)
     if volumes.seg is not None:
-        seg, geometry = volume_to_slices(volumes.seg[box].astype(np.int16), cfg.slice_axis, image_size, indices)
+        arrays["seg"] = volumes.seg.astype(np.int16)
+    restrict = None
+    if cfg.crop_to_modality and cfg.crop_to_modality in volumes.images:
+        # Train on what the cropping modality sees (its field of view, grown by crop_margin voxels).
+        from scipy.ndimage import binary_dilation
+
+        restrict = foreground_mask(volumes.images[cfg.crop_to_modality])
+        if cfg.crop_margin > 0 and restrict.any():
+            restrict = binary_dilation(restrict, iterations=int(cfg.crop_margin))
+    frame = frame_of(cfg, image_size, volumes.affine)
+    sliced = frame_slices(
+        arrays, volumes.affine, frame, subject=subject.name,
+        foreground=subject_foreground(volumes.images, volumes.brain_mask), restrict_to=restrict,
+        fit=cfg.fit, min_fraction=cfg.min_foreground_fraction, foreground_only=cfg.foreground_only,
+    )
+    present = list(volumes.images)
+    inputs = {m: normalize_input_slices(sliced.stacks[f"{m}.input"], cfg, sliced.stacks[f"{m}.foreground"])
+              for m in present}
+    stacked_targets = {m: sliced.stacks[f"{m}.target"] for m in present}
+    # Training items: tile slices that hold foreground (a tile at the edge of a wide brain may not).
+    fraction = sliced.foreground.reshape(sliced.foreground.shape[0], -1).mean(axis=1)
+    items = np.flatnonzero((fraction > 0) & (fraction >= cfg.min_foreground_fraction)) if cfg.foreground_only \
+        else np.arange(fraction.size)
     meta = {
         "subject": subject.name,
         "available": [m in targets for m in modalities],
         "modalities": list(modalities),
-        "num_slices": int(len(indices)),
-        "box": [[b.start, b.stop] for b in box],
-        "geometry": geometry.to_dict() if geometry is not None else None,
+        "num_slices": int(items.size),
+        "items": [int(i) for i in items],
+        **sliced.meta(),
         "harmonization": {m: p.to_dict() for m, p in params.items()},
-        "has_seg": seg is not None,
+        "has_seg": "seg" in sliced.stacks,
     }
-    return PreprocessedSubject(sliced_inputs, sliced_targets, seg, meta)
+    return PreprocessedSubject(inputs, stacked_targets, sliced.stacks.get("seg"), meta, sliced)
 
 
 def _write_cache(folder: Path, data: PreprocessedSubject) -> None:
@@ -173,6 +178,7 @@ class _Entry:
     folder: Path
     available: tuple[bool, ...]
     num_slices: int
+    items: tuple[int, ...]  # rows of the cached stacks used as training slices
     has_seg: bool
 
 
@@ -183,7 +189,7 @@ class SliceDataset(Dataset):
     the encoders see, and the harmonized images that are scored; a missing modality is all zeros in
     both, flagged only by ``available``), ``available`` BoolTensor ``(M,)``, ``seg`` LongTensor
     ``(H, W)`` (zeros when the subject has none), ``has_seg`` bool, ``subject`` str and ``slice`` int (the
-    index along the slice axis of the possibly cropped volume). ``H = W = image_size``.
+    row in the subject's cached (tile, slice) stacks). ``H = W = image_size``.
 
     Modalities of a subject that are not in ``modalities`` are ignored; a subject with none of them is
     skipped with a warning. ``augment`` applies the same random flip and small affine to every
@@ -217,7 +223,7 @@ class SliceDataset(Dataset):
             )
         # Flat index: item -> (entry, slice within the entry), as two small int arrays.
         self._entry_of = np.repeat(np.arange(len(self.entries)), counts).astype(np.int32)
-        self._slice_of = np.concatenate([np.arange(c) for c in counts]).astype(np.int32)
+        self._slice_of = np.concatenate([np.asarray(e.items, dtype=np.int64) for e in self.entries]).astype(np.int32)
         patterns = sorted({e.available for e in self.entries}, key=lambda p: [not b for b in p])
         self.patterns: list[tuple[bool, ...]] = patterns
         pattern_id = {p: i for i, p in enumerate(patterns)}
@@ -244,7 +250,8 @@ class SliceDataset(Dataset):
             self.cache_misses += 1
         meta = json.loads(meta_path.read_text())
         available = tuple(bool(a) for a in meta["available"])
-        return _Entry(subject.name, folder, available, int(meta["num_slices"]), bool(meta["has_seg"]))
+        return _Entry(subject.name, folder, available, int(meta["num_slices"]), tuple(meta["items"]),
+                      bool(meta["has_seg"]))
 
     def arrays(self, entry: int) -> dict[str, np.ndarray]:
         """Read-only memory maps ``(N, H, W)`` of one subject's targets ``m``, inputs ``m.input`` (and

@@ -129,6 +129,22 @@ def default_spacing(
     return tuple(float(max(s, smallest)) for s in median)  # type: ignore[return-value]
 
 
+def frame_of(data_cfg, image_size: int, affine: Optional[np.ndarray] = None) -> TrainingFrame:
+    """The :class:`TrainingFrame` of a model's config (``data.spacing``, ``data.orientation``,
+    ``data.slice_axis``, ``model.image_size``).
+
+    A config whose ``spacing`` is empty (a checkpoint written before the frame was recorded) keeps
+    the input's own spacing, given by ``affine``: volumes are reoriented but not resampled.
+    """
+    orientation = tuple(str(getattr(data_cfg, "orientation", "RAS") or "RAS"))
+    spacing = list(getattr(data_cfg, "spacing", []) or [])
+    if not spacing:
+        if affine is None:
+            raise GeometryError("the model records no data.spacing; give an affine to keep the input's spacing")
+        spacing = [float(s) for s in spacing_in(affine, orientation)]
+    return TrainingFrame(tuple(spacing), int(image_size), int(data_cfg.slice_axis), orientation)
+
+
 # --------------------------------------------------------------------------------------------------
 # Input grid <-> frame grid
 # --------------------------------------------------------------------------------------------------

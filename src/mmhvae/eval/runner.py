@@ -126,20 +126,24 @@ def evaluate_checkpoints(
         if not any(avail):
             continue
         grid_rows = []
+        # Scores and pictures are of whole slices of the model's frame: tiles blended back together.
+        truth = {m: pre.slices.plane_stack(pre.targets[m]) for m in pre.targets}
         for subset in subsets_of(avail):
             inputs = {m: pre.inputs[m] for m, b in zip(modalities, subset) if b}
             targets = [m for m, a in zip(modalities, avail) if a]
             synth = synthesize_slices(model, inputs, eval_cfg.temperature, eval_cfg.batch_size, targets,
                                       seed=0)
             sname = subset_name(subset, modalities)
+            planes = {t: pre.slices.plane_stack(synth[t]) for t in targets}
             for t in targets:
-                scores = score_volume(synth[t], pre.targets[t], axis=0, data_range=data_range,
+                scores = score_volume(planes[t], truth[t], axis=0, data_range=data_range,
                                       lpips_model=lpips_model, with_ssim3d=eval_cfg.ssim_3d,
                                       with_lpips=eval_cfg.lpips)
                 acc.add_scores(name, sname, t, subject.name, scores)
-            grid_rows.append((sname, synth))
+            grid_rows.append((sname, planes))
         if figures and subject is subjects[0]:
-            made += _figures(model, name, pre, modalities, avail, grid_rows, out_dir, eval_cfg)
+            given = {m: pre.slices.plane_stack(pre.inputs[m]) for m in pre.inputs}
+            made += _figures(model, name, pre, modalities, avail, grid_rows, given, truth, out_dir, eval_cfg)
 
     rows = acc.rows()
     write_csv(rows, out_dir / "metrics.csv")
@@ -162,19 +166,21 @@ def evaluate_checkpoints(
     return EvaluationReport(rows, header + table, out_dir, made)
 
 
-def _figures(model, method, pre, modalities, avail, grid_rows, out_dir: Path, eval_cfg: EvalConfig) -> list[Path]:
+def _figures(model, method, pre, modalities, avail, grid_rows, given_planes, truth_planes, out_dir: Path,
+             eval_cfg: EvalConfig) -> list[Path]:
     from mmhvae.eval.figures import latent_pca, subset_grid, temperature_sweep
 
     made = []
-    n = next(iter(pre.targets.values())).shape[0]
-    mid = n // 2
     targets = [m for m, a in zip(modalities, avail) if a]
-    truth = {m: pre.targets[m][mid] for m in targets}
-    given = {m: pre.inputs[m][mid] for m in targets}
-    rows = [(s, {t: synth[t][mid] for t in targets}) for s, synth in grid_rows]
+    middle = len(pre.slices.indices) // 2  # the middle foreground slice of the frame, all tiles
+    truth = {m: truth_planes[m][middle] for m in targets}
+    given = {m: given_planes[m][middle] for m in targets}
+    rows = [(s, {t: planes[t][middle] for t in targets}) for s, planes in grid_rows]
     made.append(subset_grid(given, rows, truth, out_dir / f"grid_{method}_{pre.meta['subject']}.png",
                             modalities=targets, targets=targets,
-                            title=f"{method}: {pre.meta['subject']}, slice {mid}"))
+                            title=f"{method}: {pre.meta['subject']}, slice {int(pre.slices.indices[middle])}"))
+    n = next(iter(pre.targets.values())).shape[0]
+    mid = n // 2  # one model-sized slice (of a tile) for the sweep and the latents
     # Temperature sweep (paper Fig. 5): the first available modality -> the others.
     source = targets[0]
     others = [t for t in targets if t != source]

@@ -88,6 +88,9 @@ def resolve_config(args: argparse.Namespace):
         if key != "name":
             print(f"resuming with {key} = {new!r} (was {old!r})")
     given.name = saved.name
+    for key in ("spacing", "trained_with_masks"):  # recorded when the run started: keep the run's frame
+        if hasattr(saved.data, key) and not getattr(given.data, key):
+            setattr(given.data, key, getattr(saved.data, key))
     return given
 
 

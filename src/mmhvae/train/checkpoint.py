@@ -182,6 +182,11 @@ RESUMABLE_CHANGES = (
 )
 
 
+#: Settings the trainer fills in when a run starts (``[]`` / unset in a command line): a resume that
+#: leaves them unset means "the run's", not a different value.
+RESOLVED_AT_START = {"data.spacing": ([], None), "data.trained_with_masks": (False, True, None)}
+
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict) and data and all(isinstance(k, str) for k in data) and prefix.count(".") < 1:
         out: dict[str, Any] = {}
@@ -201,6 +206,8 @@ def config_differences(saved: dict[str, Any], given: dict[str, Any]) -> list[tup
             va_cmp, vb_cmp = str(Path(str(va)).expanduser().resolve()), str(Path(str(vb)).expanduser().resolve())
         else:
             va_cmp, vb_cmp = va, vb
+        if key in RESOLVED_AT_START and any(vb == unset for unset in RESOLVED_AT_START[key]):
+            continue  # left for the trainer to fill in: the run's recorded value is kept
         if va_cmp != vb_cmp:
             diffs.append((key, va, vb))
     return diffs

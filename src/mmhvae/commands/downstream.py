@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmhvae.errors import UserError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_export(sub)
@@ -163,13 +165,13 @@ def run_export(args: argparse.Namespace) -> int:
     if args.synthetic_only:
         channels = synthetic = list(args.synthetic_only)
         if synthesize is None:
-            raise ValueError("--synthetic-only needs --checkpoint (a model to synthesize with)")
+            raise UserError("--synthetic-only needs --checkpoint (a model to synthesize with)")
     else:
         channels = list(cohort.modalities) if args.channels == "observed+synth" else _comma_list(args.channels)
         synthetic = []
     unknown = [c for c in channels if c not in cohort.modalities]
     if unknown:
-        raise ValueError(f"channels {unknown} are not modalities of {args.cohort} ({cohort.modalities})")
+        raise UserError(f"channels {unknown} are not modalities of {args.cohort} ({cohort.modalities})")
     print(f"exporting {len(cohort.subjects)} subjects of {args.cohort} to {args.out} with channels {channels}"
           + (f" (always synthetic: {synthetic})" if synthetic else ""))
     summary = export_nnunet(
@@ -214,28 +216,39 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
                    "or a mask file (default fov)")
     _add_registration_options(p)
     _add_synthesis_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.set_defaults(func=run_register)
 
 
 def run_register(args: argparse.Namespace) -> int:
     from mmhvae.downstream.registration import register_files
 
+    from mmhvae.errors import InputDataError
+    from mmhvae.outputs import check_writable
+
     for path in (args.fixed, args.moving):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found")
+            raise InputDataError(f"{path}: image file not found")
+    protect = [args.fixed, args.moving] + ([Path(args.fixed_mask)] if Path(args.fixed_mask).is_file() else [])
+    names = [*REGISTRATION_OUTPUTS] + ([f"synthetic_{args.synth_modality}.nii.gz"] if args.via_synthesis else [])
+    # Before any work: writable, and no output over an input or (without --overwrite) an earlier result.
+    check_writable(args.out, overwrite=args.overwrite, names=names, protect=protect)
     synthesize = None
     if args.via_synthesis is not None:
         if not args.synth_modality:
-            raise ValueError("--via-synthesis needs --synth-modality (the moving image's modality, e.g. t2)")
+            raise UserError("--via-synthesis needs --synth-modality (the moving image's modality, e.g. t2)")
         synthesize, modalities = _synthesizer(args, args.via_synthesis)
         for name, flag in ((args.synth_modality, "--synth-modality"), (args.fixed_modality, "--fixed-modality")):
             if name not in modalities:
-                raise ValueError(f"{flag} {name!r} is not a modality of {args.via_synthesis} ({modalities})")
+                raise UserError(f"{flag} {name!r} is not a modality of {args.via_synthesis} ({modalities})")
     register_files(
         args.fixed, args.moving, args.out, synthesize=synthesize, fixed_modality=args.fixed_modality,
         synth_modality=args.synth_modality, fixed_mask=args.fixed_mask, settings=_settings(args),
     )
     return 0
+
+
+REGISTRATION_OUTPUTS = ("transform.tfm", "moving_registered.nii.gz", "registration.json")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +283,7 @@ def _add_registration_benchmark(actions: argparse._SubParsersAction) -> None:
                    help="TRE landmarks: every N-th brain voxel per axis (default 2)")
     _add_registration_options(p)
     _add_synthesis_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.set_defaults(func=run_registration_benchmark)
 
 
@@ -277,22 +291,26 @@ def run_registration_benchmark(args: argparse.Namespace) -> int:
     from mmhvae.atomic import atomic_write_text
     from mmhvae.downstream.registration import benchmark_registration, parse_ranges, tre_table, write_tre_csv
 
+    from mmhvae.outputs import OutputFolder, check_writable
+
+    names = ("registration_tre.csv", "registration_table.md")
+    check_writable(args.out, overwrite=args.overwrite, names=names)  # before hours of registrations
     ranges = parse_ranges(args.ranges)
     synthesize, modalities = (None, None)
     if args.checkpoint is not None:
         synthesize, modalities = _synthesizer(args, args.checkpoint)
     cohort = _load_cohort(args.cohort, modalities)
     if args.fixed_modality not in cohort.modalities:
-        raise ValueError(
+        raise UserError(
             f"--fixed-modality {args.fixed_modality!r} is not a modality of {args.cohort} ({cohort.modalities})"
         )
     moving = args.modalities or [m for m in cohort.modalities if m != args.fixed_modality]
     unknown = [m for m in moving if m not in cohort.modalities]
     if unknown:
-        raise ValueError(f"--modalities {unknown} are not modalities of {args.cohort} ({cohort.modalities})")
+        raise UserError(f"--modalities {unknown} are not modalities of {args.cohort} ({cohort.modalities})")
     subjects = cohort.select(args.split)[: args.max_subjects]
     if not subjects:
-        raise ValueError(f"{args.cohort}: no subject in split {args.split!r}")
+        raise UserError(f"{args.cohort}: no subject in split {args.split!r}")
     print(f"registration benchmark: {len(subjects)} subjects ({args.split}), moving {moving}, "
           f"ranges {args.ranges} mm, {args.repeats} draw(s) per range"
           + ("" if synthesize else "; no checkpoint: acquired-ultrasound rows only"))
@@ -302,9 +320,7 @@ def run_registration_benchmark(args: argparse.Namespace) -> int:
         upper_bound=args.upper_bound,
     )
     if not rows:
-        raise ValueError(f"no subject of split {args.split!r} has both {args.fixed_modality} and one of {moving}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_tre_csv(rows, args.out / "registration_tre.csv")
+        raise UserError(f"no subject of split {args.split!r} has both {args.fixed_modality} and one of {moving}")
     table = tre_table(rows, ranges)
     header = (
         f"# Registration TRE (paper Table 5 layout)\n\ncohort `{args.cohort}`, split `{args.split}`, "
@@ -312,7 +328,10 @@ def run_registration_benchmark(args: argparse.Namespace) -> int:
         f"(radius {args.radius} voxels), shrink {args.shrink_factors}, sigmas {args.smoothing_sigmas} mm; TRE over "
         f"brain landmarks (a grid of one voxel in {args.landmark_step} per axis), mean (std) over registrations.\n\n"
     )
-    atomic_write_text(args.out / "registration_table.md", header + table)
+    with OutputFolder(args.out, overwrite=args.overwrite) as out:  # both files or neither
+        out.expect(names)
+        write_tre_csv(rows, out.staging / "registration_tre.csv")
+        atomic_write_text(out.staging / "registration_table.md", header + table)
     print(table)
     print(f"wrote {args.out / 'registration_tre.csv'} and {args.out / 'registration_table.md'}")
     return 0
@@ -349,6 +368,7 @@ def _add_segmentation_benchmark(actions: argparse._SubParsersAction) -> None:
                    help="also train on the ultrasound sector mask alone (no image): the score due to geometry")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     _add_synthesis_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.set_defaults(func=run_segmentation_benchmark)
 
 
@@ -365,15 +385,20 @@ def run_segmentation_benchmark(args: argparse.Namespace) -> int:
         write_scores_csv,
     )
 
+    from mmhvae.errors import check_device
+    from mmhvae.outputs import OutputFolder, check_writable
+
+    names = ("segmentation_scores.csv", "segmentation_table.md", "segmentation_run.json")
+    check_writable(args.out, overwrite=args.overwrite, names=names)  # before hours of training
     if args.threads:
         torch.set_num_threads(args.threads)
     synthesize, modalities = _synthesizer(args, args.checkpoint)
     if args.ultrasound not in modalities:
-        raise ValueError(f"--ultrasound {args.ultrasound!r} is not a modality of {args.checkpoint} ({modalities})")
+        raise UserError(f"--ultrasound {args.ultrasound!r} is not a modality of {args.checkpoint} ({modalities})")
     cohort = _load_cohort(args.cohort, modalities)
     train = cohort.select(args.train_split)[: args.max_subjects]
     test = cohort.select(args.test_split)[: args.max_subjects]
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(check_device(args.device))
     settings = SegmentationSettings(target=args.target, steps=args.steps, batch_size=args.unet_batch_size,
                                     seed=args.seed, device=device)
     print(f"segmentation benchmark: train on {len(train)} ({args.train_split}), "
@@ -381,8 +406,6 @@ def run_segmentation_benchmark(args: argparse.Namespace) -> int:
           f"target {args.target}, {args.steps} steps per condition")
     result = benchmark_segmentation(train, test, synthesize, ultrasound=args.ultrasound, settings=settings,
                                     sector_control=args.sector_control)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_scores_csv(result, args.out / "segmentation_scores.csv")
     table = segmentation_table(result, title=f"{args.cohort.name} ({args.test_split}, n = {len(result.test_subjects)})")
     header = (
         f"# Ultrasound tumour segmentation (paper Table 6 layout)\n\ncohort `{args.cohort}`, checkpoint "
@@ -390,12 +413,15 @@ def run_segmentation_benchmark(args: argparse.Namespace) -> int:
         f"seed {args.seed}; trained on {len(result.train_subjects)} subjects; Dice and ASSD in 3D inside the "
         f"ultrasound field of view, median [Q1 - Q3] over test subjects.\n\n"
     )
-    atomic_write_text(args.out / "segmentation_table.md", header + table)
-    atomic_write_text(args.out / "segmentation_run.json", json.dumps({
-        "train_subjects": result.train_subjects, "test_subjects": result.test_subjects,
-        "skipped": result.skipped, "training_seconds": result.seconds,
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
-    }, indent=2) + "\n")
+    with OutputFolder(args.out, overwrite=args.overwrite) as out:  # every file or none
+        out.expect(names)
+        write_scores_csv(result, out.staging / "segmentation_scores.csv")
+        atomic_write_text(out.staging / "segmentation_table.md", header + table)
+        atomic_write_text(out.staging / "segmentation_run.json", json.dumps({
+            "train_subjects": result.train_subjects, "test_subjects": result.test_subjects,
+            "skipped": result.skipped, "training_seconds": result.seconds,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
+        }, indent=2) + "\n")
     print(table)
     for name, reason in result.skipped.items():
         print(f"  skipped {name}: {reason}")

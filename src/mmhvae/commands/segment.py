@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--brain-mask", default=None, help="optional brain mask NIfTI for harmonization")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* overrides")
     p.set_defaults(func=run)
 

@@ -55,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--brain-mask", default=None, help="optional brain mask NIfTI for harmonization")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     predict.add_argument(
         "overrides", nargs="*", metavar="key=value", help="eval.* overrides, e.g. eval.window=[96,96,96]"
     )
@@ -68,6 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", default="test", choices=SPLITS, help="cohort split (default: test)")
     evaluate.add_argument("--out", required=True, help="output folder for the tables")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval.* overrides")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -120,31 +122,61 @@ def run_train(args: argparse.Namespace) -> int:
 
 def parse_inputs(items: Sequence[str], modalities: Sequence[str]) -> dict[str, Path]:
     """``["t2=a.nii.gz", ...]`` -> ``{"t2": Path("a.nii.gz")}``, refusing unknown or repeated names."""
+    from mmhvae.errors import UserError
+
     inputs: dict[str, Path] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--input {item!r}: expected MODALITY=PATH, e.g. t2=t2.nii.gz")
+            raise UserError(f"--input {item!r}: expected MODALITY=PATH, e.g. t2=t2.nii.gz")
         name, path = (s.strip() for s in item.split("=", 1))
         if name not in modalities:
-            raise ValueError(
+            raise UserError(
                 f"--input {item!r}: unknown modality {name!r}; this model knows {list(modalities)}"
             )
         if name in inputs:
-            raise ValueError(f"--input: modality {name!r} given twice")
+            raise UserError(f"--input: modality {name!r} given twice")
         inputs[name] = Path(path)
     if not inputs:
-        raise ValueError(f"empty input subset: give at least one --input among {list(modalities)}")
+        raise UserError(f"empty input subset: give at least one --input among {list(modalities)}")
     return inputs
 
 
 def _eval_overrides(cfg, overrides: Sequence[str]):
+    from mmhvae.errors import UserError
+
     bad = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("eval.")]
     if bad:
-        raise ValueError(f"only eval.* settings can be overridden at inference, got {bad}")
+        raise UserError(f"only eval.* settings can be overridden at inference, got {bad}")
     return cfg.with_overrides(list(overrides))
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from mmhvae.errors import check_device
+    from mmhvae.outputs import OutputFolder
+    from mmhvae.train.uhved_trainer import load_checkpoint
+
+    device = check_device(args.device)
+    given = [Path(item.split("=", 1)[1].strip()) for item in args.input if "=" in item]
+    given += [Path(args.brain_mask)] if args.brain_mask else []
+    # Before any work: the output folder is writable and no output lands on an input (all or nothing).
+    out = OutputFolder(args.out, overwrite=getattr(args, "overwrite", False), protect=given)
+    out.open()
+    try:
+        model, cfg, _ = load_checkpoint(args.checkpoint, device=device)
+        cfg = _eval_overrides(cfg, args.overrides)
+        names = ["seg.nii.gz", "harmonization.json"]
+        names += [f"{m}.nii.gz" for m in cfg.model.modalities] if cfg.model.method == "uhved" else []
+        out.expect(names)
+        _predict(args, model, cfg, out.staging)
+        out.commit()
+    finally:
+        out.discard()
+    print(f"wrote {out.target} (inputs {'+'.join(parse_inputs(args.input, cfg.model.modalities))}; device {device})")
+    return 0
+
+
+def _predict(args: argparse.Namespace, model, cfg, out: Path) -> None:
+    """Segment and complete the inputs into the (staging) folder ``out``."""
     import json
 
     import nibabel as nib
@@ -154,25 +186,23 @@ def run_predict(args: argparse.Namespace) -> int:
     from mmhvae.atomic import atomic_write_text
     from mmhvae.data.cohort import SubjectVolumes
     from mmhvae.data.harmonize import harmonize_subject
+    from mmhvae.errors import InputDataError
     from mmhvae.models.uhved import sliding_window_predict
-    from mmhvae.train.uhved_trainer import load_checkpoint, pick_device
 
-    model, cfg, _ = load_checkpoint(args.checkpoint, device=pick_device(args.device))
-    cfg = _eval_overrides(cfg, args.overrides)
     mods = cfg.model.modalities
     inputs = parse_inputs(args.input, mods)
     ref = None
     volumes: dict[str, np.ndarray] = {}
     for name, path in inputs.items():
         if not path.exists():
-            raise FileNotFoundError(f"--input {name}={path}: file not found")
+            raise InputDataError(f"--input {name}={path}: file not found")
         img = nib.load(str(path))
         if len(img.shape) != 3:
-            raise ValueError(f"--input {name}={path}: expected a 3D volume, got shape {img.shape}")
+            raise InputDataError(f"--input {name}={path}: expected a 3D volume, got shape {img.shape}")
         if ref is None:
             ref = img
         elif img.shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=1e-3):
-            raise ValueError(
+            raise InputDataError(
                 f"--input {name}={path}: shape {img.shape} / affine differ from the first input "
                 f"{ref.shape}; resample all inputs to one grid first"
             )
@@ -181,7 +211,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.brain_mask:
         brain = np.asarray(nib.load(args.brain_mask).dataobj) > 0
         if brain.shape != ref.shape:
-            raise ValueError(f"--brain-mask: shape {brain.shape} differs from the inputs {ref.shape}")
+            raise InputDataError(f"--brain-mask: shape {brain.shape} differs from the inputs {ref.shape}")
     # One subject's harmonization, so FLAIR can borrow the white matter found on T2 (DESIGN §3).
     harmonized, params = harmonize_subject(
         SubjectVolumes(name="input", images=volumes, affine=ref.affine, header=ref.header, brain_mask=brain),
@@ -194,12 +224,10 @@ def run_predict(args: argparse.Namespace) -> int:
         if m in harmonized:
             images[0, j] = harmonized.pop(m)
             observed[0, j] = True
-    device = next(model.parameters()).device
     probs, decoded = sliding_window_predict(
         model, torch.from_numpy(images), torch.from_numpy(observed), cfg.eval, output_device="cpu"
     )
     del images
-    out = Path(args.out)
     labels = np.asarray(cfg.model.seg_labels, dtype=np.uint8)
     write_like(ref, labels[probs[0].argmax(0).numpy()], out / "seg.nii.gz")
     del probs
@@ -212,8 +240,6 @@ def run_predict(args: argparse.Namespace) -> int:
         json.dumps({m: p.to_dict() for m, p in params.items()} | {"inputs": {m: str(v) for m, v in inputs.items()}},
                    indent=1),
     )
-    print(f"wrote {out} (inputs {'+'.join(inputs)}; device {device})")
-    return 0
 
 
 def write_like(ref: Any, data: Any, path: Path) -> None:
@@ -243,33 +269,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import time
 
     from mmhvae.atomic import atomic_write_text
-    from mmhvae.train.uhved_trainer import evaluate_cases, load_cases, load_checkpoint, pick_device
+    from mmhvae.errors import check_device
+    from mmhvae.outputs import OutputFolder
+    from mmhvae.train.uhved_trainer import evaluate_cases, load_cases, load_checkpoint
 
-    model, cfg, step = load_checkpoint(args.checkpoint, device=pick_device(args.device))
-    cfg = _eval_overrides(cfg, args.overrides)
-    cases = load_cases(args.cohort, args.split, cfg)
-    t0 = time.time()
-    rows = evaluate_cases(model, cfg, cases)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "per_subject.csv", rows_to_csv(rows))
-    dice_md, dice_csv = dice_table(rows, cfg)
-    atomic_write_text(out / "dice_table.md", dice_md)
-    atomic_write_text(out / "dice_table.csv", dice_csv)
-    text = dice_md
-    if cfg.model.method == "uhved":
-        comp_md, comp_csv = completion_table(rows, cfg)
-        atomic_write_text(out / "completion_table.md", comp_md)
-        atomic_write_text(out / "completion_table.csv", comp_csv)
-        text += "\n" + comp_md
-    atomic_write_text(
-        out / "summary.json",
-        json.dumps(
-            {"checkpoint": str(args.checkpoint), "step": step, "subjects": len(cases), "split": args.split,
-             "method": cfg.model.method, "seconds": round(time.time() - t0, 1)},
-            indent=1,
-        ),
-    )
+    device = check_device(args.device)
+    # All or nothing: the tables are written beside --out and moved in together.
+    with OutputFolder(args.out, overwrite=getattr(args, "overwrite", False)) as folder:
+        folder.expect(["per_subject.csv", "dice_table.md", "dice_table.csv", "summary.json"])
+        out = folder.staging
+        model, cfg, step = load_checkpoint(args.checkpoint, device=device)
+        cfg = _eval_overrides(cfg, args.overrides)
+        cases = load_cases(args.cohort, args.split, cfg)
+        t0 = time.time()
+        rows = evaluate_cases(model, cfg, cases)
+        atomic_write_text(out / "per_subject.csv", rows_to_csv(rows))
+        dice_md, dice_csv = dice_table(rows, cfg)
+        atomic_write_text(out / "dice_table.md", dice_md)
+        atomic_write_text(out / "dice_table.csv", dice_csv)
+        text = dice_md
+        if cfg.model.method == "uhved":
+            comp_md, comp_csv = completion_table(rows, cfg)
+            atomic_write_text(out / "completion_table.md", comp_md)
+            atomic_write_text(out / "completion_table.csv", comp_csv)
+            text += "\n" + comp_md
+        atomic_write_text(
+            out / "summary.json",
+            json.dumps(
+                {"checkpoint": str(args.checkpoint), "step": step, "subjects": len(cases), "split": args.split,
+                 "method": cfg.model.method, "seconds": round(time.time() - t0, 1)},
+                indent=1,
+            ),
+        )
     print(text)
     return 0
 

@@ -27,6 +27,7 @@ TISSUE_NAMES = ("background", "csf", "gm", "wm", "necrosis", "oedema", "enhancin
 SEG_OF_TISSUE = {NECROSIS: 1, CALCIFICATION: 1, OEDEMA: 2, ENHANCING: 3}
 
 _SHARPNESS = 2.5  # power on the template's tissue probabilities
+_SHARPEN_WEIGHTS = (1.8, 1.0, 1.0)  # CSF, GM, WM
 _LESION_PROBABILITY = 0.5  # subjects with a few small MS-like white-matter lesions
 _CALCIFICATION_PROBABILITY = 0.35  # tumours with calcifications (strong acoustic shadows)
 
@@ -130,11 +131,12 @@ def make_anatomy(rng: np.random.Generator, shape: Sequence[int], spacing: Sequen
     return Anatomy(fractions.astype(np.float32), labels, mask, tumour_centre.astype(np.float32), radius, centre)
 
 
-def _sharpen(fractions, brain, power: float = _SHARPNESS):
+def _sharpen(fractions, brain, power: float = _SHARPNESS, weights=_SHARPEN_WEIGHTS):
     """Sharper tissue boundaries than the population average the template is: each class's
-    fraction raised to ``power`` and renormalized to the brain fraction, so that sulci, thin
-    cortex and the grey/white boundary look like one brain's rather than a blur of 152."""
-    powered = [f**power for f in fractions]
+    weighted fraction raised to ``power`` and renormalized to the brain fraction, so that sulci,
+    thin cortex and the grey/white boundary look like one brain's rather than a blur of 152. CSF
+    weighs more: averaging over 152 brains left only a faint trace of each sulcus."""
+    powered = [(f * np.float32(w)) ** power for f, w in zip(fractions, weights)]
     total = sum(powered) + np.float32(1e-6)
     return [p * (brain / total) for p in powered]
 

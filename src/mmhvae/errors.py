@@ -10,6 +10,7 @@ line and exits non-zero; anything else is a bug and keeps its traceback (see :mo
     │   ├── CohortError            (mmhvae.data.cohort)
     │   └── NiftiError             (mmhvae.data.nifti)
     ├── CheckpointError        missing, corrupt, foreign, non-finite or ill-fitting weights
+    │   └── CheckpointNotFoundError
     ├── ConfigError            a configuration value, file or command-line option
     │   └── UserError              (mmhvae.cli: invalid combination of command-line options)
     ├── OutputError            an output that exists, would overwrite an input, or cannot be written
@@ -42,6 +43,10 @@ class NiftiError(InputDataError):
 
 class CheckpointError(MmhvaeError, ValueError):
     """A checkpoint is missing, corrupt, foreign, non-finite or does not fit its config; names the file."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint at the given path (also a :class:`FileNotFoundError`, as before)."""
 
 
 class ConfigError(MmhvaeError, ValueError):
@@ -121,7 +126,8 @@ def check_device(name: str):
 
 
 __all__ = [
-    "MmhvaeError", "InputDataError", "CohortError", "NiftiError", "CheckpointError", "ConfigError",
+    "MmhvaeError", "InputDataError", "CohortError", "NiftiError", "CheckpointError", "CheckpointNotFoundError",
+    "ConfigError",
     "UserError", "OutputError", "EnvironmentSetupError", "describe_os_error", "check_device",
     "cuda_unavailable_message",
 ]

@@ -28,7 +28,7 @@ FORMAT = "mmhvae-generator"
 FORMAT_VERSION = "1"
 
 
-from mmhvae.errors import CheckpointError  # noqa: E402,F401 - defined with the other project errors
+from mmhvae.errors import CheckpointError, CheckpointNotFoundError  # noqa: E402,F401 - the project errors
 
 
 def save_generator(path: Path, model: nn.Module, config: ExperimentConfig, step: int, **extra: Any) -> None:
@@ -55,7 +55,7 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
                 return cand
         raise CheckpointError(f"{path}: no {which}.safetensors or last.safetensors checkpoint in this folder")
     if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointNotFoundError(f"{path}: checkpoint not found")
     return path
 
 

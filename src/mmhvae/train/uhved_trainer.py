@@ -346,11 +346,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], UHVEDConfig, d
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
-    from mmhvae.errors import CheckpointError
+    from mmhvae.errors import CheckpointError, CheckpointNotFoundError
 
     file = _model_path(path)
     if not file.exists():
-        raise CheckpointError(f"{file}: checkpoint not found (give a run folder or its {MODEL_FILE})")
+        raise CheckpointNotFoundError(f"{file}: checkpoint not found (give a run folder or its {MODEL_FILE})")
     try:
         with safe_open(str(file), framework="pt") as fh:
             meta = fh.metadata() or {}

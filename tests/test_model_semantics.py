@@ -245,6 +245,27 @@ def test_residual_experts_see_the_top_down_state():
         assert not torch.allclose(a.posteriors[i].mu, b.posteriors[i].mu, atol=1e-4), f"stage {key}"
 
 
+def test_each_sampled_latent_feeds_the_levels_below_it():
+    """z_l is part of z_>l for every finer level (the top-down path carries it): shifting the prior
+    of one spatial level moves its z_l (tau = 0) and so the posteriors of the finer levels, while
+    the coarser levels are unchanged."""
+    model = tiny_model(9)
+    x, obs = images(2, seed=10), masks((1, 1, 0), (0, 0, 1))
+    keys = sorted(int(k) for k in model.priors)
+    with torch.no_grad():
+        base = model(x, obs, temperature=0.0).posteriors
+        for k in keys[1:]:  # every spatial level that has a finer one
+            handle = model.priors[str(k)].register_forward_hook(lambda mod, args, out: out + 1.0)
+            moved = model(x, obs, temperature=0.0).posteriors
+            handle.remove()
+            i = level_index(model, str(k))
+            assert not torch.allclose(moved[i].mu, base[i].mu)
+            for finer in range(i):
+                assert not torch.allclose(moved[finer].mu, base[finer].mu, atol=1e-4), f"z of stage {k} unused"
+            for coarser in range(i + 1, len(base)):
+                assert torch.equal(moved[coarser].mu, base[coarser].mu)
+
+
 def test_a_level_posterior_depends_on_the_observed_features_at_that_level():
     """With z_L made independent of the images (top experts output constants) and tau = 0, the
     top-down state entering the first spatial level is the same for any image, so its posterior
@@ -325,7 +346,7 @@ def test_temperature_scales_the_sampling_noise():
         assert all(torch.equal(z, q.mu) for z, q in zip(a.latents, a.posteriors))
         for tau in (1.0, 0.5):
             out = model(x, obs, temperature=tau)
-            eps = torch.cat([((z - q.mu) / q.std).flatten() for z, q in zip(out.latents, out.posteriors)])
+            eps = torch.cat([((z - q.mu) * torch.exp(-0.5 * q.logvar)).flatten() for z, q in zip(out.latents, out.posteriors)])
             assert eps.std().item() == pytest.approx(tau, rel=0.05) and abs(eps.mean().item()) < 0.05
             assert not torch.allclose(out.reconstructions, a.reconstructions)
 
@@ -355,9 +376,14 @@ def with_modality(batch: dict, j: int, value) -> dict:
 
 
 def dataset(available=((1, 1, 0),) * 4, seed: int = 0) -> ArraySliceDataset:
+    """Random targets; the encoder inputs differ from them (as acquired vs harmonized images)."""
     g = torch.Generator().manual_seed(seed)
     avail = torch.tensor(available, dtype=torch.bool)
-    return ArraySliceDataset(torch.rand(avail.shape[0], 3, 32, 32, generator=g), avail)
+    targets = torch.rand(avail.shape[0], 3, 32, 32, generator=g)
+    try:
+        return ArraySliceDataset(targets, avail, inputs=targets.sqrt())
+    except TypeError:  # a dataset without separate inputs
+        return ArraySliceDataset(targets, avail)
 
 
 def cfg_for(**train):
@@ -378,13 +404,15 @@ def cfg_for(**train):
 class StepRecord:
     """One training step of a fresh (spread) trainer, recording every forward pass of the model."""
 
-    def __init__(self, tmp_path, cfg, data, batch=None, step=0, noise_seed=0):
+    def __init__(self, tmp_path, cfg, data, batch=None, step=0, noise_seed=0, before=None):
         self.trainer = Trainer(cfg, tmp_path / "run", data, None, progress=False)
         spread(self.trainer.model, 11)
         self.discriminators = copy.deepcopy(self.trainer.discriminators)  # as the generator saw them
         self.observed, self.outputs, self.recon_grads = [], [], []
         handle = self.trainer.model.register_forward_hook(self._hook, with_kwargs=True)
         self.batch = batch if batch is not None else self.trainer.batches.batch(step)
+        if before is not None:
+            before(self.trainer)
         torch.manual_seed(noise_seed)
         try:
             self.logs = self.trainer.training_step(self.batch, step)
@@ -413,7 +441,7 @@ def test_training_samples_the_posterior_at_temperature_one(tmp_path):
     """Algorithm 1 line 11: z_l is a random sample of q (tau = 1), not its mean or a cooled sample."""
     rec = StepRecord(tmp_path, cfg_for(draws=2), dataset())
     assert len(rec.outputs) == 2
-    eps = torch.cat([((z.detach() - q.mu.detach()) / q.std.detach()).flatten()
+    eps = torch.cat([((z.detach() - q.mu.detach()) * torch.exp(-0.5 * q.logvar.detach())).flatten()
                      for out in rec.outputs for z, q in zip(out.latents, out.posteriors)])
     assert eps.std().item() == pytest.approx(1.0, rel=0.05) and abs(eps.mean().item()) < 0.05
 
@@ -502,6 +530,45 @@ def test_memory_keeps_real_targets_of_available_modalities_only(tmp_path):
             assert torch.allclose(stored, targets[available[:, j], j].float())
 
 
+def test_encoders_see_the_inputs_and_the_loss_scores_the_targets(tmp_path):
+    """Paper §4.4.1: the model gets the images as acquired and must output harmonized ones. Changing
+    only the targets changes the loss, not the reconstructions; changing only the inputs of an
+    observed modality changes the reconstructions."""
+    if "inputs" not in dataset()[0]:
+        pytest.skip("this dataset has no separate encoder inputs")
+    cfg = cfg_for(draws=1, subset_policy="weights", subset_weights={"us+t2": 1.0})
+    base = StepRecord(tmp_path / "a", cfg, dataset())
+    new_targets = dict(base.batch, targets=base.batch["targets"] * 0.5)
+    new_inputs = dict(base.batch, inputs=base.batch["inputs"].flip(-1))
+    t = StepRecord(tmp_path / "t", cfg, dataset(), batch=new_targets)
+    i = StepRecord(tmp_path / "i", cfg, dataset(), batch=new_inputs)
+    recon = [r.outputs[0].reconstructions.detach() for r in (base, t, i)]
+    assert torch.equal(recon[0], recon[1]) and t.logs["img"] != base.logs["img"]
+    assert not torch.allclose(recon[0], recon[2])
+
+
+def test_discriminators_compare_fakes_with_memory_images_of_a_missing_modality(tmp_path):
+    """Lines 27-30: the real side of d_j is the batch's x_j where r_j = 1, topped up from the memory
+    m_j; a modality no sample of the batch has is judged against the memory's images only."""
+    cfg = cfg_for(draws=1, use_gan=True, gan={"start_fraction": 0.0})
+    seen = {US: [], CET1: []}
+    snapshot = {}
+
+    def prepare(trainer):
+        trainer.memories[CET1].add(torch.full((4, 32, 32), 0.77))
+        snapshot.update({k: v.clone() for k, v in trainer.discriminators.critics[CET1].state_dict().items()})
+        for j in seen:
+            trainer.discriminators.critics[j].register_forward_pre_hook(
+                lambda mod, args, j=j: seen[j].append(args[0].detach().clone()))
+
+    rec = StepRecord(tmp_path, cfg, dataset(), before=prepare)
+    targets = targets_of(rec.batch)
+    assert any(x.shape[0] == 4 and torch.all(x == 0.77) for x in seen[CET1])  # real side: the memory
+    assert any(x.shape[0] == 4 and torch.equal(x[:, 0], targets[:, US].float()) for x in seen[US])
+    moved = rec.trainer.discriminators.critics[CET1].state_dict()
+    assert any(not torch.equal(snapshot[k], v) for k, v in moved.items())
+
+
 # --------------------------------------------------------------------------------------------------
 # GAN term (eq. 15-16) and its schedule
 # --------------------------------------------------------------------------------------------------
@@ -543,6 +610,20 @@ def test_gan_gradient_moves_the_fakes_toward_real_and_reaches_every_modality(tmp
     (d_score,) = torch.autograd.grad(score, x)
     assert float((d_score * adversarial).sum()) < 0  # -gradient raises the scores of the fakes
     assert with_gan.module_grad(f"heads.{CET1}") > 0 and without.module_grad(f"heads.{CET1}") == 0
+
+
+def test_discriminator_step_separates_real_from_fake(tmp_path):
+    """Lines 30-32: after its update each discriminator's loss on the step's real and fake images is
+    lower than before it (it learns to tell them apart)."""
+    cfg = cfg_for(draws=1, use_gan=True, gan={"start_fraction": 0.0})
+    rec = StepRecord(tmp_path, cfg, dataset(((1, 1, 1),) * 4))
+    targets = targets_of(rec.batch).float()
+    fakes = rec.outputs[0].reconstructions.detach().float()
+    with torch.no_grad():
+        for j in range(3):
+            def loss(d):
+                return discriminator_loss(cfg.train.gan.loss, d(j, targets[:, j]).float(), d(j, fakes[:, j]).float())
+            assert loss(rec.trainer.discriminators) < loss(rec.discriminators), f"critic {j}"
 
 
 def test_no_discriminator_gradient_before_the_gan_starts_or_at_weight_zero(tmp_path):

@@ -255,7 +255,7 @@ def test_training_samples_at_temperature_one_and_draws_r_prime_within_r(tmp_path
     rec = Step(tmp_path, tiny_cfg(), batch_of(volumes(4, seed=6), avail))
     (obs,) = rec.observed
     assert obs.any(1).all() and not (obs & ~avail).any()
-    eps = torch.cat([((z - q.mu) / q.std).flatten() for z, q in zip(rec.latents[0], rec.posteriors[0])])
+    eps = torch.cat([((z - q.mu) * torch.exp(-0.5 * q.logvar)).flatten() for z, q in zip(rec.latents[0], rec.posteriors[0])])
     assert eps.std().item() == pytest.approx(1.0, rel=0.05) and abs(eps.mean().item()) < 0.05
 
 

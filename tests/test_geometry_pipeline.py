@@ -117,3 +117,18 @@ def test_an_anisotropic_volume_is_resampled_to_the_model_spacing():
     assert out["flair"].shape == volume.shape
     # 30 mm of foreground along z at 2 mm: about 15 slices, not the 6 stored ones
     assert 13 <= sum(seen) <= 17
+
+
+def test_outputs_are_zero_outside_the_inputs_foreground_unless_asked_otherwise():
+    from mmhvae.infer import synthesize_volume
+
+    model = _model((2.0, 2.0, 2.0), size=32)
+    volume = np.zeros((32, 32, 16), dtype=np.float32)
+    volume[8:24, 8:24, 4:12] = np.random.default_rng(1).uniform(50, 100, (16, 16, 8))
+    img = nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0]))
+    masked = synthesize_volume(model, {"t2": img}, temperature=0.0)["flair"].get_fdata()
+    assert not masked[volume == 0].any() and masked[volume > 0].any()
+    model.config.data.mask_outputs = False
+    free = synthesize_volume(model, {"t2": img}, temperature=0.0)["flair"].get_fdata()
+    assert free[volume == 0].any()  # the haze an untrained model puts around the brain
+    assert np.allclose(free[volume > 0], masked[volume > 0])

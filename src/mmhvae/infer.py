@@ -177,13 +177,20 @@ def synthesize_volume(
     results: dict[str, nib.Nifti1Image] = {}
     header = ref_img.header.copy()
     header.set_data_dtype(np.float32)
+    inside = None
+    if getattr(cfg.data, "mask_outputs", False):
+        inside = brain if brain is not None else np.logical_or.reduce(list(own.values()))
     for t in targets:  # back onto the inputs' own grid
         vol = sliced.to_input_grid(draws[t].mean(axis=0))
+        if inside is not None:
+            vol = np.where(inside, vol, np.float32(0))
         if t in params:  # back to the acquired intensity range of this input
             vol = invert_harmonization(vol, params[t])
         results[t] = nib.Nifti1Image(vol.astype(np.float32), ref_img.affine, header)
         if samples > 1:
             std = sliced.to_input_grid(draws[t].std(axis=0))
+            if inside is not None:
+                std = np.where(inside, std, np.float32(0))
             if t in params:
                 std = std / np.float32(params[t].scale)
             results[f"{t}_std"] = nib.Nifti1Image(std.astype(np.float32), ref_img.affine, header)

@@ -128,6 +128,9 @@ def evaluate_checkpoints(
         grid_rows = []
         # Scores and pictures are of whole slices of the model's frame: tiles blended back together.
         truth = {m: pre.slices.plane_stack(pre.targets[m]) for m in pre.targets}
+        inside = None
+        if getattr(model.config.data, "mask_outputs", False):  # synthesis is 0 outside the foreground
+            inside = pre.slices.plane_stack(pre.slices.foreground.astype(np.float32)) > 0.5
         for subset in subsets_of(avail):
             inputs = {m: pre.inputs[m] for m, b in zip(modalities, subset) if b}
             targets = [m for m, a in zip(modalities, avail) if a]
@@ -135,6 +138,8 @@ def evaluate_checkpoints(
                                       seed=0)
             sname = subset_name(subset, modalities)
             planes = {t: pre.slices.plane_stack(synth[t]) for t in targets}
+            if inside is not None:
+                planes = {t: np.where(inside, p, np.float32(0)) for t, p in planes.items()}
             for t in targets:
                 scores = score_volume(planes[t], truth[t], axis=0, data_range=data_range,
                                       lpips_model=lpips_model, with_ssim3d=eval_cfg.ssim_3d,

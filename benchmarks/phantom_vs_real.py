@@ -1,8 +1,9 @@
 """Montage: a built-in subject next to real cases with the same contrasts (issue 16).
 
-Top: the built-in subject's T1, ceT1, T2 and FLAIR (axial, through the tumour) above a real BraTS
-case's. Bottom: the built-in ultrasound with T1 and FLAIR cropped to the ultrasound sector, above the
-real intra-operative ultrasound of RESECT Case24 (MR resliced into its grid). Needs ../shared/data/real.
+Top: the built-in subject's T1, ceT1, T2 and FLAIR (axial, through the tumour) above those of a real
+patient of the Ljubljana MS database (CC BY; multiple sclerosis, skull-stripped). Bottom: the built-in ultrasound with T1 and FLAIR cropped to the ultrasound sector, above the
+real intra-operative ultrasound of RESECT Case24 (CC BY 4.0; MR resliced into its grid). Both real
+cases are under licences that allow showing them with attribution. Needs ../shared/data/real.
 
     .venv/bin/python benchmarks/phantom_vs_real.py --out docs/phantom_vs_real.png
 """
@@ -46,11 +47,11 @@ def main() -> None:
     s = generate_subject(args.subject, seed=0, shape=tuple(args.shape))
     spacing = np.abs(np.diag(s.affine)[:3])
     z = int(np.argmax((s.seg > 0).sum(axis=(0, 1))))
-    brats = REAL / "BraTS-GLI-00000-000"
-    real_mr = {m: _ras(brats / f"BraTS-GLI-00000-000-{f}.nii.gz") for m, f in
+    case = "LjMS-cs-patient07"
+    real_mr = {m: _ras(REAL / case / f"{case}-{f}.nii.gz") for m, f in
                (("t1", "t1"), ("cet1", "t1c"), ("t2", "t2"), ("flair", "flair"))}
-    seg, _ = _ras(brats / "BraTS-GLI-00000-000-seg.nii.gz")
-    zr = int(np.argmax((seg > 0).sum(axis=(0, 1))))
+    rows = np.flatnonzero(real_mr["t1"][0].any(axis=(0, 1)))
+    zr = int(rows[0] + 0.62 * (rows[-1] - rows[0]))  # through the lateral ventricles
 
     # The ultrasound plane: the axial slice with the largest sector area, cropped to the sector.
     zu = int(np.argmax(s.sector.sum(axis=(0, 1))))
@@ -68,7 +69,7 @@ def main() -> None:
         axes[0, c].set_title(f"built-in {names[m]}", fontsize=9)
         image, zooms = real_mr[m]
         axes[1, c].imshow(np.rot90(_window(image)[:, :, zr]), cmap="gray", aspect=zooms[1] / zooms[0])
-        axes[1, c].set_title(f"BraTS-GLI-00000 {names[m]}", fontsize=9)
+        axes[1, c].set_title(f"{case} {names[m]}", fontsize=9)
     for c, m in enumerate(("us", "t1", "flair")):
         image = s.images[m] / 255.0 if m == "us" else _window(s.images[m])
         axes[2, c].imshow(np.rot90(image[crop]), cmap="gray", vmin=0, vmax=1, aspect=spacing[1] / spacing[0])

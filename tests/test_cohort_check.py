@@ -211,3 +211,35 @@ def test_metrics_have_one_row_per_step_and_no_temporary_file_survives_a_kill(pha
     assert main([*args, "--resume"]) == 0
     assert _metric_rows(run) == counts
 
+
+
+def test_uhved_resume_is_strict_and_logs_each_step_once(tmp_path, monkeypatch, capsys):
+    from mmhvae.data.phantom import make_cohort
+    from mmhvae.train.uhved_trainer import UHVEDTrainer
+
+    cohort = make_cohort(tmp_path / "cohort", subjects=3, seed=3, shape=(24, 24, 16), missingness="complete",
+                         workers=1)
+    run = tmp_path / "run"
+    args = ["uhved", "train", "--cohort", str(cohort), "--out", str(run), "--config", "tiny", "--split", "all",
+            "--no-progress", "train.steps=5", "train.checkpoint_every=2", "train.log_every=1"]
+    original = UHVEDTrainer.step
+    killed = {"done": False}
+
+    def killed_after_logging(self, step, batch=None):
+        if step == 3 and not killed["done"]:  # steps 1-3 logged, last checkpoint at step 2
+            killed["done"] = True
+            raise KeyboardInterrupt
+        return original(self, step, batch)
+
+    monkeypatch.setattr(UHVEDTrainer, "step", killed_after_logging)
+    assert main(args) == 130
+    other = tmp_path / "other.csv"
+    other.write_text(cohort.read_text())
+    capsys.readouterr()
+    assert main([*args[:3], str(other), *args[4:], "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "data.cohort" in err and "--cohort" in err
+    assert main([*args, "--resume"]) == 0
+    with open(run / "log.csv", newline="") as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh)]
+    assert steps == [1, 2, 3, 4, 5]

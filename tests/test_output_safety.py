@@ -256,3 +256,21 @@ def test_evaluation_report_is_all_or_nothing_and_needs_overwrite(checkpoint, com
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err and not calls  # refused before any work
     assert (out / "table.md").read_text() == "an earlier report"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root can write into read-only folders")
+def test_unwritable_output_folder_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch, capsys):
+    import mmhvae.infer as infer
+
+    t2 = _volume(tmp_path / "in" / "t2.nii.gz")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    monkeypatch.setattr(infer, "load_model", lambda *a, **k: pytest.fail("model loaded before the check"))
+    try:
+        assert _synthesize(checkpoint, {"t2": t2}, locked / "out") == 1
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert "locked" in err and "Permission denied" in err and "Traceback" not in err

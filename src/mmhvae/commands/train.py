@@ -120,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method in UHVED_METHODS:
         return _run_uhved(args)
 
-    from mmhvae.data.cohort import Cohort
+    import warnings
+
+    from mmhvae.data.cohort import Cohort, CohortWarning
     from mmhvae.errors import ConfigError, check_device
 
     cfg = resolve_config(args)
@@ -130,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     # Warnings about the cohort (files matching no modality, empty folders) before any work; --strict refuses.
     Cohort.load(cfg.data.cohort, modalities=cfg.model.modalities, aliases=cfg.data.modality_aliases or None,
                 strict=args.strict)
-    result = train(cfg, Path(args.out), resume=args.resume, progress=not args.no_progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CohortWarning)  # shown once above
+        result = train(cfg, Path(args.out), resume=args.resume, progress=not args.no_progress)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

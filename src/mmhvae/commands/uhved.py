@@ -80,7 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from mmhvae.data.cohort import Cohort
+    import warnings
+
+    from mmhvae.data.cohort import Cohort, CohortWarning
     from mmhvae.errors import check_device
     from mmhvae.models.uhved import UHVEDConfig, resolve_uhved_config
     from mmhvae.train.checkpoint import check_resume_config
@@ -106,8 +108,11 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_uhved_config(args.config, overrides)
     check_device(cfg.train.device)
-    Cohort.load(args.cohort, aliases=cfg.data.modality_aliases, strict=getattr(args, "strict", False))
-    cases = load_cases(args.cohort, args.split, cfg)
+    Cohort.load(args.cohort, modalities=cfg.model.modalities, aliases=cfg.data.modality_aliases,
+                strict=getattr(args, "strict", False))  # warnings (files matching no modality) before any work
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CohortWarning)  # shown once above
+        cases = load_cases(args.cohort, args.split, cfg)
     labelled = sum(c.seg is not None for c in cases)
     print(f"{len(cases)} training subjects ({labelled} with a segmentation); method {cfg.model.method}")
     trainer = UHVEDTrainer(cfg, cases, args.out, resume=args.resume)

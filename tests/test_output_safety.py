@@ -72,6 +72,18 @@ def test_synthesize_never_overwrites_an_input(checkpoint, tmp_path, capsys):
         assert sorted(p.name for p in case.iterdir()) == ["t2.nii.gz"]  # nothing else written either
 
 
+def test_masks_are_inputs_too_and_are_used(checkpoint, tmp_path, capsys):
+    t2 = _volume(tmp_path / "in" / "t2.nii.gz")
+    mask = tmp_path / "masks" / "cet1.nii.gz"  # a mask whose name is that of an output
+    mask.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((32, 32, 4), np.uint8), np.diag([1.0, 1.0, 2.0, 1.0])), mask)
+    assert _synthesize(checkpoint, {"t2": t2}, mask.parent, "--mask", str(mask), "--overwrite") == 1
+    assert str(mask) in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert _synthesize(checkpoint, {"t2": t2}, out, "--mask", str(mask), "--acquired-range") == 0
+    assert (out / "t2.nii.gz").is_file()
+
+
 def test_an_existing_output_needs_overwrite(checkpoint, tmp_path, capsys):
     t2 = _volume(tmp_path / "in" / "t2.nii.gz")
     out = tmp_path / "out"

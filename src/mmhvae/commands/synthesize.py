@@ -32,6 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--mask", default=None, metavar="PATH",
+                   help="brain mask on the inputs' grid: bounds the input scaling, as a cohort's mask column")
+    p.add_argument("--wm", default=None, metavar="PATH",
+                   help="white-matter mask on the inputs' grid (used with --acquired-range)")
+    p.add_argument("--acquired-range", action="store_true",
+                   help="map targets that were inputs back to their acquired intensity range [harmonized units]")
     add_overwrite(p, "existing output files")
     p.set_defaults(func=run)
 
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n, _ in args.input]
     if len(set(names)) != len(names):
         raise UserError(f"a modality is given twice in --input: {names}")
-    inputs = [Path(p) for _, p in args.input]
+    inputs = [Path(p) for _, p in args.input] + [Path(p) for p in (args.mask, args.wm) if p]
     device = check_device(args.device)
     # Before any work: the output folder is writable and no output lands on an input.
     with OutputFolder(args.out, overwrite=args.overwrite, protect=inputs) as out:
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         results = synthesize_volume(
             model, dict(args.input), targets=args.targets, temperature=tau, samples=args.samples,
             batch_size=args.batch_size, seed=args.seed, progress=True,
+            brain_mask=args.mask, wm_mask=args.wm, acquired_range=args.acquired_range,
         )
         for name, img in results.items():
             write_volume(out.staging / f"{name}.nii.gz", img.get_fdata(dtype="float32"), img.affine, img.header)

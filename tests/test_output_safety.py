@@ -80,7 +80,7 @@ def test_masks_are_inputs_too_and_are_used(checkpoint, tmp_path, capsys):
     assert _synthesize(checkpoint, {"t2": t2}, mask.parent, "--mask", str(mask), "--overwrite") == 1
     assert str(mask) in capsys.readouterr().err
     out = tmp_path / "out"
-    assert _synthesize(checkpoint, {"t2": t2}, out, "--mask", str(mask), "--acquired-range") == 0
+    assert _synthesize(checkpoint, {"t2": t2}, out, "--mask", str(mask)) == 0
     assert (out / "t2.nii.gz").is_file()
 
 

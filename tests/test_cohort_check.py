@@ -103,10 +103,11 @@ def test_cohort_check_reports_every_problem_at_once(messy_folder, capsys):
     # The summary only lists the files; it cannot see what is inside them.
     assert main(["cohort", "summary", str(root), "--modalities", "us", "t2"]) == 0
     capsys.readouterr()
+    _volume(root / "sub8" / "sub8-flair.nii.gz")  # only a modality not asked for: the summary refuses this
     assert main(["cohort", "check", str(root), "--modalities", "us", "t2"]) == 1
     out = capsys.readouterr().out
     expected = [*STRAYS, "sub4-t2.nii.gz: voxel data unreadable", "sub5-us.nii.gz: 1 non-finite",
-                "sub6-t2.nii.gz has shape (16, 16, 5)", "'sub7'"]
+                "sub6-t2.nii.gz has shape (16, 16, 5)", "'sub7'", "subject 'sub8' has no image"]
     lines = out.splitlines()
     for needle in expected:
         assert any(needle in line for line in lines), needle

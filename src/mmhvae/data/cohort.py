@@ -154,7 +154,7 @@ class Cohort:
         if source.is_file():
             cohort = _load_csv(source, wanted, alias_map, problems)
         else:
-            cohort = _load_folder(source, wanted, alias_map)
+            cohort = _load_folder(source, wanted, alias_map, problems)
         if not cohort.subjects:
             raise CohortError(f"{source}: no subjects found")
         if problems is not None:
@@ -362,7 +362,9 @@ def _stray_files(folder: Path, matched: dict[str, Path]) -> list[Path]:
             if f.is_file() and _NIFTI_SUFFIX.search(f.name) and f not in taken and not f.name.startswith(".")]
 
 
-def _load_folder(root: Path, wanted: Optional[list[str]], aliases: dict[str, str]) -> Cohort:
+def _load_folder(
+    root: Path, wanted: Optional[list[str]], aliases: dict[str, str], problems: Optional[list[str]] = None
+) -> Cohort:
     folders = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     cases = [d for d in folders if case_files(d)]
     notes: list[str] = []
@@ -411,10 +413,12 @@ def _load_folder(root: Path, wanted: Optional[list[str]], aliases: dict[str, str
                     f"modality of its own: rename the file or map it with --alias {suffix}=NAME if it is a typo"
                 )
             if name in files:
-                raise CohortError(
-                    f"{case}: files {files[name].name} and {file.name} both map to {name!r}; "
-                    "remove one or change the aliases"
-                )
+                clash = (f"{case}: files {files[name].name} and {file.name} both map to {name!r}; "
+                         "remove one or change the aliases")
+                if problems is None:
+                    raise CohortError(clash)
+                problems.append(clash)
+                continue
             files[name] = file
         per_case.append((case, files))
     found = {k for _, files in per_case for k in files if k not in MAPS}
@@ -422,10 +426,12 @@ def _load_folder(root: Path, wanted: Optional[list[str]], aliases: dict[str, str
     subjects = []
     for case, files in per_case:
         if not any(k not in MAPS for k in files):
-            raise CohortError(
-                f"{case}: subject {case.name!r} has no image of the modalities {modalities} "
-                f"(found suffixes {sorted(case_files(case))}); map them with aliases (e.g. --alias t2w=t2)"
-            )
+            empty = (f"{case}: subject {case.name!r} has no image of the modalities {modalities} "
+                     f"(found suffixes {sorted(case_files(case))}); map them with aliases (e.g. --alias t2w=t2)")
+            if problems is None:
+                raise CohortError(empty)
+            problems.append(empty)
+            continue
         subjects.append(_make_subject(case.name, files, hashed_split(case.name), str(case)))
     return Cohort(modalities=list(modalities), subjects=subjects, source=root, ignored=sorted(ignored),
                   warnings=notes)

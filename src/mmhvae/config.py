@@ -226,10 +226,12 @@ def _check_numbers(train: "TrainConfig", evaluation: "EvalConfig") -> None:
     """Counts >= 1, finite non-negative rates and temperatures, known AMP modes (one line each)."""
     import math
 
-    for key in ("steps", "batch_size", "draws", "checkpoint_every", "validate_every", "log_every", "val_subjects"):
+    for key in ("steps", "batch_size", "draws", "checkpoint_every", "validate_every", "log_every"):
         value = getattr(train, key)
         if value < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {value}")
+    if train.val_subjects < 0:
+        raise ConfigError(f"train.val_subjects must be >= 0 (0 = no validation), got {train.val_subjects}")
     for key in ("lr", "lr_min", "kl_weight", "weight_decay", "grad_clip"):
         value = getattr(train, key)
         if not math.isfinite(value) or value < 0:

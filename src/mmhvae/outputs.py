@@ -160,8 +160,14 @@ class OutputFolder:
                 raise OutputError(f"{self.flag} {self.target}: already holds files; pass --overwrite")
             backup = self._root / ".previous"
             os.rename(self.target, backup)
-            os.rename(self.staging, self.target)
-        elif not self.target.exists() or (self.target.is_dir() and not any(self.target.iterdir())):
+            try:
+                os.rename(self.staging, self.target)
+            except BaseException:
+                os.rename(backup, self.target)  # the previous folder is put back, never lost
+                raise
+        elif not self.target.exists() or (
+            self.target.is_dir() and not self.target.is_symlink() and not any(self.target.iterdir())
+        ):
             if self.target.exists():
                 self.target.rmdir()
             os.rename(self.staging, self.target)  # one rename: the whole set appears at once

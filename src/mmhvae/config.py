@@ -130,7 +130,21 @@ class DataConfig:
             "fla": "flair", "t1n": "t1", "t1w": "t1",
         }
     )
+    # The model's frame (DESIGN §3 "Geometry", mmhvae.data.frame): every volume is reoriented to
+    # `orientation` and resampled to `spacing` (mm per frame axis; [] = the training cohort's median
+    # spacing, resolved when training starts and written to config.yaml); slices are cut along
+    # `slice_axis` of that frame (2 = axial in RAS), `model.image_size` pixels placed on the foreground.
+    spacing: list[float] = field(default_factory=list)
+    orientation: str = "RAS"
     slice_axis: int = 2
+    # A foreground wider than the field of view: "tile" (overlapping windows, blended) or "refuse".
+    fit: str = "tile"
+    # Recorded when training starts: the training subjects had brain masks (a `mask` column), so
+    # synthesis warns when it is given none (inputs are scaled inside the foreground).
+    trained_with_masks: bool = False
+    # Synthesized images are set to 0 outside the inputs' foreground (the brain mask, else the
+    # non-background voxels of the inputs), as the authors' code does; the evaluator scores them so.
+    mask_outputs: bool = True
     harmonization: str = "wm-median"  # "wm-median" | "percentile" | "none"
     wm_targets: dict[str, float] = field(
         default_factory=lambda: {"t2": 1 / 7, "cet1": 1 / 5, "flair": 1 / 3, "t1": 1 / 5}
@@ -150,6 +164,10 @@ class DataConfig:
     clip_negative: bool = True  # MR magnitudes are >= 0; negatives are resampling ringing -> 0
     minmax_modalities: list[str] = field(default_factory=lambda: ["us"])
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    # What the encoders see (paper §4.4.1: inputs are not harmonized; see data/input_normalization.py):
+    # "volume" | "slice" | "none" percentile min-max to [0, 1] over the foreground.
+    input_normalization: str = "volume"
+    input_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     affine_tolerance: float = 1e-3  # max |difference| between the affines of one subject's images
     crop_to_modality: str = ""  # e.g. "us": crop MR to the ultrasound field of view
     crop_margin: int = 4  # voxels kept around that field of view
@@ -269,6 +287,14 @@ class ExperimentConfig:
         _check_numbers(self.train, self.eval)
         if self.train.selection not in SELECTIONS:
             raise ConfigError(f"train.selection must be one of {', '.join(SELECTIONS)}, got {self.train.selection!r}")
+        if self.data.fit not in ("tile", "refuse"):
+            raise ConfigError(f"data.fit must be tile or refuse, got {self.data.fit!r}")
+        if self.data.spacing and (len(self.data.spacing) != 3 or not all(float(v) > 0 for v in self.data.spacing)):
+            raise ConfigError(f"data.spacing must be [] (from the cohort) or 3 positive mm values, got {self.data.spacing}")
+        if self.data.input_normalization not in ("volume", "slice", "none"):
+            raise ConfigError(
+                f"data.input_normalization must be volume, slice or none, got {self.data.input_normalization!r}"
+            )
         return self
 
     # --- YAML -------------------------------------------------------------------------------------

@@ -278,14 +278,15 @@ class MMHVAE(nn.Module):
     def synthesize(
         self,
         images: Mapping[str, Tensor],
-        temperature: float = 0.5,
+        temperature: Optional[float] = None,
         targets: Optional[Sequence[str]] = None,
     ) -> dict[str, Tensor]:
         """Synthesize every modality (or ``targets``) from any non-empty subset of named inputs.
 
         Args:
             images: modality name -> ``(B, H, W)``, ``(B, 1, H, W)`` or ``(H, W)`` tensor.
-            temperature: tau (paper: 0.5); 0 gives the deterministic posterior-mean output.
+            temperature: tau (paper: 0.5); 0 gives the deterministic posterior-mean output; None =
+                the checkpoint's ``eval.temperature`` (:func:`~mmhvae.models.protocol.default_temperature`).
         Returns:
             modality name -> tensor of the same layout as the inputs.
         """

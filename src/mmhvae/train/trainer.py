@@ -131,9 +131,12 @@ class Trainer:
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         """One iteration of Algorithm 1 (paper lines 3-33) on a batch with per-sample r."""
         tc = self.cfg.train
-        images = batch["images"].to(self.device).contiguous(memory_format=self.memory_format)  # line 4: x_r^o
+        # line 4: x_r^o. The encoders see the inputs as acquired (scaled per image); the loss scores the
+        # harmonized targets, so the model learns to harmonize (paper §4.4.1).
+        inputs = batch["inputs"].to(self.device).contiguous(memory_format=self.memory_format)
+        targets = batch["targets"].to(self.device)
         available = batch["available"].to(self.device)  # line 3: r, per sample (B, M)
-        H, W = images.shape[-2:]
+        H, W = targets.shape[-2:]
         lam_gan, lam_kl = self.lambda_gan(step), self.lambda_kl(step)
         self.model.train()
         loss_img = loss_kl = loss_gan = torch.zeros((), device=self.device)  # lines 5-7 (for logging)
@@ -145,15 +148,15 @@ class Trainer:
             with self.dist.no_sync(self.ddp_model, skip=t < tc.draws - 1):
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    out = self.ddp_model(images, observed, 1.0, available)  # lines 10-16: encode, sample, decode
+                    out = self.ddp_model(inputs, observed, 1.0, available)  # lines 10-16: encode, sample, decode
                     draw_gan = torch.zeros((), device=self.device)
                     if lam_gan > 0:  # line 17: adversarial term of every decoded modality
                         for j in range(len(self.memories)):
                             scores = self.discriminators(j, out.reconstructions[:, j])
                             draw_gan = draw_gan + generator_loss(tc.gan.loss, scores.float())
-                # lines 12-13 (KL) and 18-19: every *available* modality is scored, inputs and targets alike
+                # lines 12-13 (KL) and 18-19: every *available* modality is scored, in r' or not (eq. 9)
                 draw_kl = kl_per_pixel(out.kl_total, H, W) if out.kl else torch.zeros((), device=self.device)
-                draw_img = reconstruction_loss(out.reconstructions, images, available, tc.reconstruction)
+                draw_img = reconstruction_loss(out.reconstructions, targets, available, tc.reconstruction)
                 draw_total = draw_img + lam_kl * draw_kl + lam_gan * draw_gan  # line 23, averaged over draws
                 if not torch.isfinite(draw_total):
                     raise TrainingDiverged(
@@ -175,13 +178,13 @@ class Trainer:
         self.sched_g.step()
 
         for j, memory in enumerate(self.memories):  # lines 27-28: m_j <- x_j where r_j = 1
-            memory.add(images[available[:, j], j])
+            memory.add(targets[available[:, j], j])
         loss_d = torch.zeros((), device=self.device)
         if lam_gan > 0:  # lines 26-32: discriminators
             fake = torch.cat(fakes)
             self.opt_d.zero_grad(set_to_none=True)
             for j, memory in enumerate(self.memories):
-                real = real_images_for(j, images, available, memory, fake.shape[0], self.subset_rng)  # line 30: m_j
+                real = real_images_for(j, targets, available, memory, fake.shape[0], self.subset_rng)  # line 30: m_j
                 if real is None:
                     continue
                 d_real = self.discriminators(j, real)
@@ -225,9 +228,10 @@ class Trainer:
         if self.val_batch is None:
             return None
         self.model.eval()
-        images = self.val_batch["images"].to(self.device)
+        inputs = self.val_batch["inputs"].to(self.device)
+        targets = self.val_batch["targets"].to(self.device)
         available = self.val_batch["available"].to(self.device)
-        peaks = images.flatten(2).amax(2)  # (B, M)
+        peaks = targets.flatten(2).amax(2)  # (B, M)
         span = torch.where(available, peaks, torch.zeros_like(peaks)).amax(0)  # (M,): per-modality range
         scored = available & (peaks > 0) & (span[None] > 0)
         scores = []
@@ -236,8 +240,8 @@ class Trainer:
             keep = observed.any(dim=1)
             if not keep.any():
                 continue
-            out = self.model(images[keep], observed[keep], temperature=0.0)
-            err = (out.reconstructions.float() - images[keep]).square().flatten(2).mean(2)
+            out = self.model(inputs[keep], observed[keep], temperature=0.0)
+            err = (out.reconstructions.float() - targets[keep]).square().flatten(2).mean(2)
             psnr = 10 * torch.log10(span[None].clamp_min(1e-6).square() / err.clamp_min(1e-10))
             scores.append(psnr[scored[keep]])
         scores = [s for s in scores if s.numel()]

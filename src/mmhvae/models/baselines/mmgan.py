@@ -130,7 +130,7 @@ class MMGANGenerator(nn.Module):
     def synthesize(
         self,
         images: Mapping[str, Tensor],
-        temperature: float = 0.5,
+        temperature: Optional[float] = None,
         targets: Optional[Sequence[str]] = None,
     ) -> dict[str, Tensor]:
         """Synthesize every modality (or ``targets``) from named ``(B, H, W)`` / ``(H, W)`` inputs."""

@@ -133,6 +133,26 @@ def test_evaluate_cli_covers_every_subset_and_target(trained, cohort, tmp_path):
     assert list(out.glob("grid_*.png")) and list(out.glob("temperature_*.png")) and list(out.glob("latent_pca_*.png"))
 
 
+def test_evaluate_warns_when_the_model_was_trained_with_masks_and_the_cohort_has_none(trained, cohort, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader(cohort.open()))
+    assert "mask" in rows[0]  # the built-in cohort has brain masks, so the model trained with them
+    unmasked = tmp_path / "manifest.csv"
+    with unmasked.open("w", newline="") as f:
+        fields = [k for k in rows[0] if k != "mask"]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: str((cohort.parent / row[k]).resolve()) if row[k].endswith(".nii.gz") else row[k]
+                             for k in fields})
+    from mmhvae.eval.runner import evaluate_checkpoints
+
+    with pytest.warns(UserWarning, match="trained with brain masks"):
+        evaluate_checkpoints({"ours": trained}, unmasked, "test", tmp_path / "report", max_subjects=1,
+                             figures=False, progress=False)
+
+
 def test_killed_training_resumes_to_the_same_weights(cohort, tmp_path):
     from safetensors.torch import load_file
 

@@ -104,6 +104,16 @@ def evaluate_checkpoints(
     subjects = cohort.select(split)
     if not subjects:
         raise ValueError(f"{cohort_source}: no subject in split {split!r}")
+    unmasked = [s.name for s in subjects if s.brain_mask is None]
+    trained_masked = [n for n, m in models.items() if getattr(m.config.data, "trained_with_masks", False)]
+    if unmasked and trained_masked:
+        import warnings
+
+        warnings.warn(
+            f"{', '.join(trained_masked)} trained with brain masks, but {len(unmasked)} subject(s) of "
+            f"{cohort_source} have no 'mask' column entry (e.g. {unmasked[0]}): their inputs are scaled over "
+            "the non-background voxels instead", stacklevel=2,
+        )
     if max_subjects:
         subjects = subjects[:max_subjects]
     data_range = eval_cfg.data_range or None

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from mmhvae.config import ModelConfig
 from mmhvae.models.protocol import check_forward_inputs
 from mmhvae.nn.cells import DecoderCell, EncoderCell, downsample, group_norm, image_head, upsample
-from mmhvae.nn.gaussian import DiagonalGaussian, average_of_experts, product_of_experts
+from mmhvae.nn.fusion import build_fusion
+from mmhvae.nn.gaussian import DiagonalGaussian
 
 
 @dataclass
@@ -42,6 +43,30 @@ class MMHVAEOutput:
     def kl_total(self) -> Tensor:
         """``(B,)`` sum of the KL over all levels."""
         return torch.stack(self.kl, dim=0).sum(dim=0)
+
+    def rows(self, start: int, stop: int) -> "MMHVAEOutput":
+        """The output of rows ``start:stop`` (views)."""
+        return MMHVAEOutput(
+            self.reconstructions[start:stop],
+            [k[start:stop] for k in self.kl],
+            [z[start:stop] for z in self.latents],
+            [DiagonalGaussian(q.mu[start:stop], q.logvar[start:stop]) for q in self.posteriors],
+        )
+
+
+@dataclass
+class Encoding:
+    """What :meth:`MMHVAE.encode` returns: per expert ``(rows, stage features finest first, top grid)``
+    computed on the batch rows that observe it (``None`` when none does); ``mask`` ``(B, E)`` the
+    experts encoded per row; ``dtype`` of the images."""
+
+    experts: list[Optional[tuple[Tensor, list[Tensor], Tensor]]]
+    mask: Tensor
+    dtype: torch.dtype
+
+    @property
+    def batch(self) -> int:
+        return self.mask.shape[0]
 
 
 class ModalityEncoder(nn.Module):
@@ -79,9 +104,10 @@ class MMHVAE(nn.Module):
         M, ch, lat = cfg.num_modalities, cfg.channels, cfg.latent_channels
         self.top_res = cfg.image_size // 2 ** len(ch)
         top_flat = cfg.top_channels * self.top_res**2
-        # "concat" (ablation, MM-GAN-like): one encoder sees all zero-imputed inputs stacked.
-        self.num_experts = 1 if cfg.fusion == "concat" else M
-        enc_in = M if cfg.fusion == "concat" else 1
+        # How the observed modalities are fused, at every level (mmhvae.nn.fusion): poe / average / concat.
+        self.fusion = build_fusion(cfg.fusion)
+        self.num_experts = self.fusion.num_experts(M)
+        enc_in = self.fusion.encoder_channels(M)
         self.encoders = nn.ModuleList(ModalityEncoder(cfg, enc_in) for _ in range(self.num_experts))
 
         # Top level z_L: a vector; prior N(0, I); one expert per modality from its coarsest grid.
@@ -144,101 +170,73 @@ class MMHVAE(nn.Module):
         return list(self.cfg.modalities)
 
     # ----------------------------------------------------------------------------------------------
-    def _encode(self, images: Tensor, observed: Tensor) -> list[Optional[tuple[Tensor, list[Tensor], Tensor]]]:
-        """Run encoder j on the samples that observe modality j only.
+    def encode(self, images: Tensor, observed: Tensor) -> "Encoding":
+        """The bottom-up pass: run each expert's encoder on the rows that observe it, once.
 
-        Returns per expert ``(sample_indices, stage_features, top_grid)`` or ``None`` when no sample
-        observes it.
+        With per-modality experts (``poe``, ``average``) the features of modality j do not depend on
+        which other modalities are observed, so one encoding of r serves every r' within it
+        (:meth:`decode` with any ``observed`` inside ``observed`` here).
         """
-        if self.cfg.fusion == "concat":
-            any_obs = observed.any(dim=1)
-            idx = any_obs.nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                return [None]
-            zero_imputed = images[idx] * observed[idx].to(images.dtype)[:, :, None, None]
-            feats, top = self.encoders[0](zero_imputed)
-            return [(idx, feats, top)]
-        out = []
-        for j, encoder in enumerate(self.encoders):
-            idx = observed[:, j].nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                out.append(None)
+        check_forward_inputs(self.cfg, images, observed, None)
+        observed = observed.bool()
+        experts = []
+        for j, item in enumerate(self.fusion.encoder_inputs(images, observed)):
+            if item is None:
+                experts.append(None)
                 continue
-            feats, top = encoder(images[idx, j : j + 1])
-            out.append((idx, feats, top))
-        return out
+            rows, x = item
+            feats, top = self.encoders[j](x)
+            experts.append((rows, feats, top))
+        return Encoding(experts, self.fusion.expert_mask(observed), images.dtype)
 
-    def _expert_mask(self, observed: Tensor) -> Tensor:
-        return observed.any(dim=1, keepdim=True) if self.cfg.fusion == "concat" else observed
-
-    def _fuse(self, prior: DiagonalGaussian, experts: DiagonalGaussian, mask: Tensor) -> DiagonalGaussian:
-        if self.cfg.fusion == "average":
-            # Deterministic HeMIS-style ablation: z_l = mean of the observed experts' means.
-            fused = average_of_experts(experts, mask)
-            empty = ~mask.any(dim=1)
-            if empty.any():
-                fused = DiagonalGaussian(
-                    torch.where(_bcast(empty, fused.mu), prior.mu, fused.mu),
-                    torch.where(_bcast(empty, fused.logvar), prior.logvar, fused.logvar),
-                )
-            return fused
-        return product_of_experts(prior, experts, mask)
-
-    def _scatter_experts(self, params: list[Optional[tuple[Tensor, Tensor]]], like: Tensor, channels: int):
-        """Place per-expert parameters computed on sample subsets into ``(B, E, 2C, ...)`` (zeros elsewhere)."""
-        B = like.shape[0]
-        columns = []
-        for item in params:
-            col = like.new_zeros((B, 2 * channels, *like.shape[2:]), dtype=torch.float32)
-            if item is not None:
-                idx, p = item
-                col = col.index_copy(0, idx, p.float())
-            columns.append(col)
-        full = torch.stack(columns, dim=1)
-        return DiagonalGaussian.from_params(full, self.cfg.logvar_clamp, self.cfg.mean_clamp, dim=2)
-
-    def _sample_level(self, q: DiagonalGaussian, p: DiagonalGaussian, temperature: float):
-        z = q.mu if self.cfg.fusion == "average" else q.sample(temperature)
-        if self.cfg.fusion == "average":
-            kl = torch.zeros(z.shape[0], device=z.device)
-        else:
-            kl = q.kl(p).flatten(1).sum(dim=1)
-        return z, kl
-
-    # ----------------------------------------------------------------------------------------------
-    def forward(
+    def decode(
         self,
-        images: Tensor,
+        encoding: "Encoding",
         observed: Tensor,
         temperature: float = 1.0,
-        available: Optional[Tensor] = None,
+        rows: Optional[Tensor] = None,
+        noise: Optional[Sequence[Tensor]] = None,
     ) -> MMHVAEOutput:
-        """Encode the observed subset r' of each sample and decode every modality.
+        """The top-down pass: fuse the experts of ``observed`` r' at every level, sample, decode.
 
         Args:
-            images: ``(B, M, H, W)``; slots of unobserved modalities are ignored (may hold anything).
-            observed: r' ``(B, M)`` bool, the inputs the encoder sees (a subset of the available ones).
-            temperature: tau, scales the posterior standard deviation when sampling (0 = mean).
-            available: r ``(B, M)`` bool, only checked (r' must be within r); losses use it.
+            encoding: from :meth:`encode` of a batch of B rows.
+            observed: r' ``(N, M)`` bool; row n uses the features of encoded row ``rows[n]`` (``rows``
+                ``None``: N = B, row n of the encoding) and must be within what was encoded there.
+            temperature: tau (0 = posterior means).
+            noise: optional standard-normal noise per level, finest first, shaped like ``latents``
+                (default: drawn from the global RNG, coarsest level first).
         """
-        check_forward_inputs(self.cfg, images, observed, available)
         observed = observed.bool()
-        encoded = self._encode(images, observed)
-        mask = self._expert_mask(observed)
-        B = images.shape[0]
+        mask = self.fusion.expert_mask(observed)
+        N = observed.shape[0]
+        if rows is None and N != encoding.batch:
+            raise ValueError(f"observed has {N} rows but the encoding {encoding.batch}; pass rows=")
+        if not self.fusion.shares_encoding and (rows is not None or not torch.equal(mask, encoding.mask)):
+            raise ValueError(f"fusion {self.fusion.name!r} encodes r' itself: decode the observed that was encoded")
+        picks = [self._pick(e, mask[:, j], rows, encoding.batch) for j, e in enumerate(encoding.experts)]
+        noise = list(noise)[::-1] if noise is not None else None  # coarsest first, as sampled
+        device = observed.device
         kls, latents, posteriors = [], [], []
 
+        def level(prior: DiagonalGaussian, experts) -> Tensor:
+            q = self._posterior(prior, experts, mask)
+            z, kl = self.fusion.sample(q, prior, temperature, None if noise is None else noise[len(latents)])
+            kls.append(kl)
+            latents.append(z)
+            posteriors.append(q)
+            return z
+
         # Level L (top): q(z_L | x_r') = N(0, I) x prod_j h_j(z_L | x_j)   (eq. 13, first factor)
-        top_params = [None if e is None else (e[0], self.top_experts[j](e[2])) for j, e in enumerate(encoded)]
-        ref = images.new_zeros((B, 1))
-        experts = self._scatter_experts(top_params, ref, self.cfg.top_latent_dim)
-        prior = DiagonalGaussian.standard(images.new_zeros((B, self.cfg.top_latent_dim)))
-        q = self._fuse(prior, experts, mask)
-        z, kl = self._sample_level(q, prior, temperature)
-        kls.append(kl)
-        latents.append(z)
-        posteriors.append(q)
-        h = self.top_up(self.top_cell(self.top_decode(z.to(images.dtype))))
+        experts = []
+        for j, pick in enumerate(picks):
+            if pick is not None:
+                sel, src, e = pick
+                params = self.top_experts[j](e[2] if src is None else e[2].index_select(0, src))
+                experts.append((sel, j, params))
+        prior = DiagonalGaussian.standard(torch.zeros((N, self.cfg.top_latent_dim), device=device))
+        z = level(prior, self._gaussians(experts))
+        h = self.top_up(self.top_cell(self.top_decode(z.to(encoding.dtype))))
 
         # Levels l = L-1 .. 1: q(z_l | x_r', z_>l) = p(z_l | z_>l) x prod_j h_j,l   (eq. 13-14)
         z_finest = None
@@ -246,32 +244,120 @@ class MMHVAE(nn.Module):
             key = str(s)
             h = self.dec_cells[s](h)
             if key in self.priors:
-                prior = DiagonalGaussian.from_params(
-                    self.priors[key](h), self.cfg.logvar_clamp, self.cfg.mean_clamp
-                )
-                params = []
-                for j, e in enumerate(encoded):
-                    if e is None:
-                        params.append(None)
-                        continue
-                    idx, feats, _ = e
-                    params.append((idx, self.experts[key][j](torch.cat([feats[s], h[idx]], dim=1))))
-                experts = self._scatter_experts(params, h, self.cfg.latent_channels[s])
-                q = self._fuse(prior, experts, mask)
-                z, kl = self._sample_level(q, prior, temperature)
-                kls.append(kl)
-                latents.append(z)
-                posteriors.append(q)
+                prior = DiagonalGaussian.from_params(self.priors[key](h), self.cfg.logvar_clamp, self.cfg.mean_clamp)
+                experts = []
+                for j, pick in enumerate(picks):
+                    if pick is not None:
+                        sel, src, e = pick
+                        feats = e[1][s] if src is None else e[1][s].index_select(0, src)
+                        state = h if sel is None else h.index_select(0, sel)
+                        experts.append((sel, j, self.experts[key][j](torch.cat([feats, state], dim=1))))
+                z = level(prior, self._gaussians(experts))
                 if s == 0:
                     z_finest = z
                     break
                 h = h + self.combiners[key](z.to(h.dtype))
             h = self.ups[s](h)
 
-        head_in = z_finest.to(images.dtype) if z_finest is not None else self.head_proj(h)
+        head_in = z_finest.to(encoding.dtype) if z_finest is not None else self.head_proj(h)
         recon = torch.cat([head(head_in) for head in self.heads], dim=1)
         # Finest level first, as in the paper's numbering z_1 ... z_L.
         return MMHVAEOutput(recon, kls[::-1], latents[::-1], posteriors[::-1])
+
+    @staticmethod
+    def _pick(expert, wanted: Tensor, rows: Optional[Tensor], batch: int):
+        """Which decoded rows use this expert (``sel``, None = all) and where their features are (``src``,
+        None = the encoded rows in order); None when no row uses it."""
+        if expert is None:
+            if wanted.any():
+                raise ValueError("observed r' must be within the encoded modalities")
+            return None
+        sel = wanted.nonzero(as_tuple=True)[0]
+        if sel.numel() == 0:
+            return None
+        enc_rows = expert[0]
+        where = torch.full((batch,), -1, dtype=torch.long, device=wanted.device)
+        where[enc_rows] = torch.arange(enc_rows.numel(), device=wanted.device)
+        src = where[sel if rows is None else rows[sel]]
+        if bool((src < 0).any()):
+            raise ValueError("observed r' must be within the encoded modalities")
+        if src.numel() == enc_rows.numel() and torch.equal(src, torch.arange(src.numel(), device=src.device)):
+            src = None
+        return (None if sel.numel() == wanted.shape[0] else sel), src, expert
+
+    def _gaussians(self, experts):
+        return [
+            (sel, j, DiagonalGaussian.from_params(p, self.cfg.logvar_clamp, self.cfg.mean_clamp)) for sel, j, p in experts
+        ]
+
+    def _posterior(self, prior: DiagonalGaussian, experts, mask: Tensor):
+        if type(self)._fuse is not MMHVAE._fuse:  # a subclass's posterior over every expert slot (MoPoE)
+            return self._fuse(prior, _dense(experts, prior, mask.shape[1]), mask)
+        return self.fusion.combine(prior, [(sel, e) for sel, _, e in experts])
+
+    def _fuse(self, prior: DiagonalGaussian, experts: DiagonalGaussian, mask: Tensor):
+        """Hook for posteriors that need every expert slot: experts ``(B, E, ...)`` (zeros where
+        ``mask`` ``(B, E)`` is False). The default is the model's fusion."""
+        return self.fusion.combine(
+            prior, [(mask[:, j].nonzero(as_tuple=True)[0], DiagonalGaussian(experts.mu[mask[:, j], j],
+                                                                             experts.logvar[mask[:, j], j]))
+                    for j in range(mask.shape[1])]
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        images: Tensor,
+        observed,
+        temperature: float = 1.0,
+        available: Optional[Tensor] = None,
+        rows: Optional[Sequence[Optional[Tensor]]] = None,
+        noise: Optional[Sequence[Tensor]] = None,
+    ):
+        """Encode the observed subset r' of each sample and decode every modality.
+
+        Args:
+            images: ``(B, M, H, W)``; slots of unobserved modalities are ignored (may hold anything).
+            observed: r' ``(B, M)`` bool, the inputs the encoder sees (a subset of the available ones);
+                or a list of T such masks (the T draws of a training step, Algorithm 1 lines 8-16):
+                then each modality is encoded once for all draws, the draws are decoded in one
+                batched pass, and a list of T outputs is returned (one forward, so DDP-safe).
+            temperature: tau, scales the posterior standard deviation when sampling (0 = mean).
+            available: r ``(B, M)`` bool, only checked (r' must be within r); losses use it.
+            rows: with a list of masks, per draw the batch rows it uses (``None`` = all B rows).
+            noise: standard-normal noise per level (see :meth:`decode`); with a list of masks, one
+                such list per draw.
+        """
+        if isinstance(observed, (list, tuple)):
+            return self._forward_draws(images, list(observed), temperature, available, rows, noise)
+        check_forward_inputs(self.cfg, images, observed, available)
+        return self.decode(self.encode(images, observed), observed, temperature, noise=noise)
+
+    def _forward_draws(self, images, draws, temperature, available, rows, noise=None) -> list[MMHVAEOutput]:
+        B = images.shape[0]
+        rows = list(rows) if rows is not None else [None] * len(draws)
+        if len(rows) != len(draws) or not draws:
+            raise ValueError("give one rows entry per draw (and at least one draw)")
+        check_forward_inputs(self.cfg, images, torch.ones(images.shape[:2], dtype=torch.bool), None)
+        sources = []
+        for observed, r in zip(draws, rows):
+            idx = torch.arange(B, device=images.device) if r is None else r.to(images.device)
+            if observed.shape != (idx.numel(), images.shape[1]):
+                raise ValueError(f"observed mask must be ({idx.numel()}, {images.shape[1]}), got {tuple(observed.shape)}")
+            if available is not None and (observed.bool() & ~available[idx].bool()).any():
+                raise ValueError("observed inputs r' must be a subset of the available modalities r")
+            sources.append(idx)
+        observed = torch.cat([d.bool() for d in draws])
+        source = torch.cat(sources)
+        if noise is not None:  # per draw, per level -> per level, the draws' rows in order
+            noise = [torch.cat(level) for level in zip(*noise)]
+        if self.fusion.shares_encoding:
+            union = torch.zeros(B, observed.shape[1], device=images.device).index_add(0, source, observed.float()) > 0
+            out = self.decode(self.encode(images, union), observed, temperature, rows=source, noise=noise)
+        else:
+            out = self.decode(self.encode(images.index_select(0, source), observed), observed, temperature, noise=noise)
+        bounds = torch.tensor([0] + [d.shape[0] for d in draws]).cumsum(0).tolist()
+        return [out.rows(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -295,8 +381,15 @@ class MMHVAE(nn.Module):
         return synthesize_named(self, images, temperature, targets)
 
 
-def _bcast(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.reshape(mask.shape[0], *([1] * (like.dim() - 1)))
+def _dense(experts, prior: DiagonalGaussian, num_experts: int) -> DiagonalGaussian:
+    """``[(rows, j, h_j)]`` -> ``(B, E, ...)`` Gaussian parameters, zeros in the unobserved slots."""
+    mu = prior.mu.new_zeros((prior.mu.shape[0], num_experts, *prior.mu.shape[1:]))
+    logvar = torch.zeros_like(mu)
+    for sel, j, e in experts:
+        idx = torch.arange(mu.shape[0], device=mu.device) if sel is None else sel
+        mu = mu.index_put((idx, torch.full_like(idx, j)), e.mu)
+        logvar = logvar.index_put((idx, torch.full_like(idx, j)), e.logvar)
+    return DiagonalGaussian(mu, logvar)
 
 
 def _register() -> None:

@@ -59,6 +59,21 @@ def synthesize_named(
         modality name -> tensor in the layout of the inputs.
     """
     temperature = check_temperature(default_temperature(model) if temperature is None else temperature)
+    return synthesize_samples(model, images, temperature, targets, 1)[0]
+
+
+def synthesize_samples(
+    model: nn.Module,
+    images: Mapping[str, Tensor],
+    temperature: float,
+    targets: Optional[Sequence[str]],
+    samples: int,
+) -> list[dict[str, Tensor]]:
+    """``samples`` K draws of :func:`synthesize_named` from one encoding of the inputs.
+
+    A model with ``encode`` / ``decode`` (MMHVAE) encodes once and decodes K times; the noise is drawn
+    in the same order as K separate calls, so the results equal them. Other models run K times.
+    """
     modalities = list(model.modalities)
     if not images:
         raise ValueError(f"empty input subset: give at least one of {modalities}")
@@ -91,17 +106,25 @@ def synthesize_named(
         j = modalities.index(name)
         stacked[:, j] = img.to(param.device, param.dtype)
         observed[:, j] = True
-    out = model(stacked, observed, temperature=temperature)
-    result = {}
-    for t in targets:
-        y = out.reconstructions[:, modalities.index(t)]
-        result[t] = y[0] if layout == 2 else (y[:, None] if layout == 4 else y)
-    return result
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        encoding = model.encode(stacked, observed)
+        outs = (model.decode(encoding, observed, temperature) for _ in range(samples))
+    else:
+        outs = (model(stacked, observed, temperature=temperature) for _ in range(samples))
+    results = []
+    for out in outs:
+        result = {}
+        for t in targets:
+            y = out.reconstructions[:, modalities.index(t)]
+            result[t] = y[0] if layout == 2 else (y[:, None] if layout == 4 else y)
+        results.append(result)
+    return results
 
 
-def default_temperature(model: nn.Module) -> float:
-    """The one temperature default: the checkpoint's ``eval.temperature`` (a model from
-    :func:`mmhvae.infer.load_model`), else :class:`~mmhvae.config.EvalConfig`'s default."""
+def default_temperature(model) -> float:
+    """The one temperature default: the checkpoint's ``eval.temperature`` (a
+    :class:`~mmhvae.trained_model.TrainedModel` from :func:`mmhvae.infer.load_model`), else
+    :class:`~mmhvae.config.EvalConfig`'s default."""
     from mmhvae.config import EvalConfig
 
     config = getattr(model, "config", None)
@@ -132,6 +155,7 @@ def synthesize_batched(
     The one batched-synthesis loop of inference and evaluation. ``samples`` K draws per slice at
     ``temperature`` (default :func:`default_temperature`). With ``seed``, noise comes from a forked
     RNG seeded with it, so the global random state is left untouched and results are reproducible.
+    The K samples of a batch share one encoding (:func:`synthesize_samples`).
     """
     import numpy as np
 
@@ -156,8 +180,7 @@ def synthesize_batched(
         for start in starts:
             batch = {m: torch.from_numpy(np.ascontiguousarray(v[start : start + batch_size], dtype=np.float32)).to(device)
                      for m, v in inputs.items()}
-            for k in range(samples):
-                res = synthesize_named(model, batch, tau, targets)
+            for k, res in enumerate(synthesize_samples(model, batch, tau, targets, samples)):  # one encoding
                 for t in targets:
                     out[t][k, start : start + batch_size] = res[t].float().cpu().numpy()
     return out

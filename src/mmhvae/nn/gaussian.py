@@ -7,7 +7,7 @@ summed, and bfloat16's 8-bit mantissa would make the product visibly wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -108,3 +108,57 @@ def average_of_experts(experts: DiagonalGaussian, observed: Tensor) -> DiagonalG
     mu = torch.where(mask, experts.mu.float(), torch.zeros((), device=mask.device)).sum(1) / count
     logvar = torch.where(mask, experts.logvar.float(), torch.zeros((), device=mask.device)).sum(1) / count
     return DiagonalGaussian(mu, logvar)
+
+
+def product_of_observed_experts(
+    prior: DiagonalGaussian, experts: Sequence[tuple[Optional[Tensor], DiagonalGaussian]]
+) -> DiagonalGaussian:
+    """:func:`product_of_experts` from the observed experts only, without zero-filled slots.
+
+    Args:
+        prior: p(z_l | z_>l), tensors ``(B, *S)``.
+        experts: per expert, ``(rows, h_j)``: the rows of the batch that observe it (``None`` = all)
+            and its Gaussian on those rows, ``(len(rows), *S)``. Precisions and precision-weighted
+            means are accumulated into the prior's, so memory and work scale with the observed
+            experts, not with M.
+    Returns:
+        q with lambda = 1/s_p^2 + sum_j 1/s_j^2 and mu = (mu_p/s_p^2 + sum_j mu_j/s_j^2) / lambda.
+    """
+    prec_p = torch.exp(-prior.logvar.float())
+    precision = weighted = None  # the experts' sums first, then the prior's (the order of the dense form)
+    for rows, e in experts:
+        prec_j = torch.exp(-e.logvar.float())
+        term = e.mu.float() * prec_j
+        if rows is not None:  # add into the rows that observe expert j
+            if precision is None:
+                precision, weighted = torch.zeros_like(prec_p), torch.zeros_like(prec_p)
+            precision, weighted = precision.index_add(0, rows, prec_j), weighted.index_add(0, rows, term)
+        elif precision is None:
+            precision, weighted = prec_j, term
+        else:
+            precision, weighted = precision + prec_j, weighted + term
+    if precision is None:
+        return DiagonalGaussian(prior.mu.float(), -torch.log(prec_p))
+    precision = prec_p + precision
+    return DiagonalGaussian((prior.mu.float() * prec_p + weighted) / precision, -torch.log(precision))
+
+
+def average_of_observed_experts(
+    prior: DiagonalGaussian, experts: Sequence[tuple[Optional[Tensor], DiagonalGaussian]]
+) -> DiagonalGaussian:
+    """:func:`average_of_experts` from the observed experts only; a row with none keeps the prior."""
+    mu = torch.zeros_like(prior.mu, dtype=torch.float32)
+    logvar = torch.zeros_like(mu)
+    count = torch.zeros(mu.shape[0], device=mu.device)
+    for rows, e in experts:
+        if rows is None:
+            mu, logvar, count = mu + e.mu.float(), logvar + e.logvar.float(), count + 1
+        else:
+            mu, logvar = mu.index_add(0, rows, e.mu.float()), logvar.index_add(0, rows, e.logvar.float())
+            count = count.index_add(0, rows, torch.ones(rows.shape[0], device=mu.device))
+    shape = (-1,) + (1,) * (mu.dim() - 1)
+    empty = (count == 0).reshape(shape)
+    denom = count.clamp_min(1).reshape(shape)
+    return DiagonalGaussian(
+        torch.where(empty, prior.mu.float(), mu / denom), torch.where(empty, prior.logvar.float(), logvar / denom)
+    )

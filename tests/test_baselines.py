@@ -235,7 +235,7 @@ def tiny_cohort(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ALL)
 def test_each_method_trains_two_steps_through_train(method, tiny_cohort, tmp_path):
-    from mmhvae.train.checkpoint import load_generator
+    from mmhvae.checkpoint import load_generator
     from mmhvae.train.trainer import train
 
     base = preset("tiny")

@@ -43,7 +43,7 @@ def checkpoint(tmp_path_factory):
     pytest.importorskip("mmhvae.infer", reason="mmhvae.infer (load_model) is not available yet")
     from mmhvae.config import preset
     from mmhvae.models import build_model
-    from mmhvae.train.checkpoint import save_generator
+    from mmhvae.checkpoint import save_generator
 
     config = preset("tiny")  # modalities us, t2, cet1 at 32 x 32
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from mmhvae.cli import main
 def checkpoint(tmp_path_factory):
     from mmhvae.config import preset
     from mmhvae.models import build_model
-    from mmhvae.train.checkpoint import save_generator
+    from mmhvae.checkpoint import save_generator
 
     config = preset("tiny")  # us, t2, cet1 at 32 x 32
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def test_project_errors_share_one_base_and_keep_their_old_import_paths():
     from mmhvae.data.harmonize import HarmonizationError
     from mmhvae.data.nifti import NiftiError
     from mmhvae.downstream.nnunet_export import NnunetDatasetError
-    from mmhvae.train.checkpoint import CheckpointError
+    from mmhvae.checkpoint import CheckpointError
     from mmhvae.train.trainer import TrainingDiverged
 
     assert CohortError is errors.CohortError and NiftiError is errors.NiftiError
@@ -132,7 +132,7 @@ def _synthesize(checkpoint, volume, out):
 def test_checkpoint_with_nan_weights_is_refused_naming_the_file(tmp_path, volume, capsys):
     from mmhvae.config import preset
     from mmhvae.models import build_model
-    from mmhvae.train.checkpoint import save_generator
+    from mmhvae.checkpoint import save_generator
 
     config = preset("tiny")
     model = build_model(config.model)
@@ -150,7 +150,7 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(tmp_path, vol
 
     from mmhvae.config import preset
     from mmhvae.models import build_model
-    from mmhvae.train.checkpoint import save_generator
+    from mmhvae.checkpoint import save_generator
 
     config = preset("tiny")
     wider = build_model(dataclasses.replace(config.model, channels=[16, 16, 16]))
@@ -167,7 +167,7 @@ def test_corrupt_and_foreign_files_are_refused_without_torch_advice(tmp_path, vo
     _one_error_line(capsys.readouterr().err, "bad.safetensors")
 
     # A pickle holding a foreign object: torch's weights_only error suggests weights_only=False.
-    from mmhvae.train.checkpoint import CheckpointError, load_state
+    from mmhvae.checkpoint import CheckpointError, load_state
 
     state = tmp_path / "last_state.pt"
     torch.save({"step": 1, "model": {}, "payload": argparse_namespace()}, state)

@@ -32,9 +32,9 @@ def tiny_model():
     cfg.model.modalities = list(MODALITIES)
     cfg.model.image_size = 32
     torch.manual_seed(0)
-    model = build_model(cfg.model)
-    model.config = cfg  # what load_model attaches
-    return model
+    from mmhvae.trained_model import TrainedModel
+
+    return TrainedModel(build_model(cfg.model), cfg)
 
 
 def _gained(subject_dir, modality, gain, out_dir):
@@ -179,3 +179,26 @@ def test_masks_bound_the_input_scaling_and_are_asked_for_when_training_had_them(
     with pytest.raises(ValueError, match="shape"):
         synthesize_volume(tiny_model, {"t2": t2}, temperature=0.0, brain_mask=bad)
     tiny_model.config.data.trained_with_masks = False
+
+
+def test_the_documented_api_a_bare_generator_and_a_loaded_trained_model(tmp_path):
+    """``synthesize_volume(MMHVAE.from_config(cfg), ...)`` works; ``load_model`` returns the network
+    with its run's config and step, and sets nothing on the ``nn.Module``."""
+    from mmhvae.checkpoint import save_generator
+    from mmhvae.infer import load_model, synthesize_volume
+    from mmhvae.models.mmhvae import MMHVAE
+    from mmhvae.trained_model import TrainedModel
+
+    cfg = preset("tiny")
+    cfg.model.modalities, cfg.model.image_size = ["t2", "flair"], 16
+    network = MMHVAE.from_config(cfg.model)
+    volume = np.zeros((16, 16, 4), dtype=np.float32)
+    volume[4:12, 4:12] = np.random.default_rng(0).uniform(10, 20, (8, 8, 4))
+    out = synthesize_volume(network, {"t2": nib.Nifti1Image(volume, np.eye(4))}, temperature=0.0)
+    assert out["flair"].shape == volume.shape
+    cfg.eval.temperature = 0.0
+    path = tmp_path / "model.safetensors"
+    save_generator(path, network, cfg, step=7)
+    loaded = load_model(path)
+    assert isinstance(loaded, TrainedModel) and loaded.step == 7 and loaded.config.eval.temperature == 0.0
+    assert not hasattr(loaded.network, "config")

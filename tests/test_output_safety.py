@@ -22,7 +22,7 @@ from mmhvae.cli import main
 def checkpoint(tmp_path_factory):
     from mmhvae.config import preset
     from mmhvae.models import build_model
-    from mmhvae.train.checkpoint import save_generator
+    from mmhvae.checkpoint import save_generator
 
     config = preset("tiny")  # us, t2, cet1 at 32 x 32
     torch.manual_seed(0)

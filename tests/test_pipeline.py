@@ -96,7 +96,7 @@ def test_synthesize_refuses_bad_inputs_with_clear_messages(trained, cohort, tmp_
 
 
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, trained):
-    from mmhvae.train.checkpoint import CheckpointError, load_generator
+    from mmhvae.checkpoint import CheckpointError, load_generator
 
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint at all")
@@ -110,7 +110,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, trained):
         load_generator(foreign)
     state = tmp_path / "last_state.pt"
     state.write_bytes(b"\x00garbage")
-    from mmhvae.train.checkpoint import load_state
+    from mmhvae.checkpoint import load_state
 
     with pytest.raises(CheckpointError, match="corrupt or foreign"):
         load_state(state)

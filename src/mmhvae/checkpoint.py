@@ -126,22 +126,29 @@ def check_weights(path: str | Path, state: dict[str, torch.Tensor], model: nn.Mo
         )
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Build the generator described by the checkpoint and load its weights (``model.config`` is set)."""
+def load_trained(path: str | Path, device: str | torch.device = "cpu"):
+    """The :class:`~mmhvae.trained_model.TrainedModel` of a run folder or ``.safetensors`` file: the
+    generator described by the checkpoint with its weights, the run's config, step and file."""
     from mmhvae.models import build_model
+    from mmhvae.trained_model import TrainedModel
 
     file = resolve_checkpoint(path)
     state, config, metadata = read_generator(file)
     model = build_model(config.model)
     check_weights(file, state, model)
     model.load_state_dict(state)
-    model.config = config
     try:
-        model.checkpoint_step = int(metadata.get("step", 0))
+        step = int(metadata.get("step", 0))
     except ValueError:
         raise CheckpointError(f"{file}: invalid step {metadata.get('step')!r} in the metadata") from None
     # NHWC weights make oneDNN / cuDNN pick their fast convolution kernels (2-5x on CPU).
-    return model.to(device).to(memory_format=torch.channels_last).eval()
+    network = model.to(device).to(memory_format=torch.channels_last).eval()
+    return TrainedModel(network, config, step, file)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Only the generator network of a checkpoint (see :func:`load_trained` for it with its config)."""
+    return load_trained(path, device).network
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

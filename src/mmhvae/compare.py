@@ -78,7 +78,7 @@ def _finished_step(run_dir: Path) -> int:
     last = Path(run_dir) / "checkpoints" / "last.safetensors"
     if not last.is_file():
         return 0
-    from mmhvae.train.checkpoint import CheckpointError
+    from mmhvae.checkpoint import CheckpointError
 
     try:
         return _checkpoint_step(last)
@@ -323,7 +323,7 @@ def read_curves(run_dirs: Mapping[str, Path], key: str = "val_psnr") -> dict[str
 
 def _checkpoint_step(path: Path) -> int:
     """The training step recorded in a generator checkpoint's metadata (0 if absent)."""
-    from mmhvae.train.checkpoint import read_metadata
+    from mmhvae.checkpoint import read_metadata
 
     return int(read_metadata(path).get("step", 0))
 

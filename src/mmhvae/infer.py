@@ -21,14 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmhvae.train.checkpoint import load_generator
+from mmhvae.checkpoint import load_trained
+from mmhvae.trained_model import TrainedModel, as_trained
 
 ImageLike = Union[str, Path, nib.spatialimages.SpatialImage]
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A trained generator from a run folder or ``.safetensors`` file; ``model.config`` is its config."""
-    return load_generator(checkpoint, device)
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """A :class:`~mmhvae.trained_model.TrainedModel` (network, run config, step) from a run folder or a
+    ``.safetensors`` file."""
+    return load_trained(checkpoint, device)
 
 
 def _as_image(name: str, value: ImageLike) -> tuple[nib.spatialimages.SpatialImage, str]:
@@ -75,7 +77,7 @@ def _mask_array(name: str, value: Optional[ImageLike], like: nib.spatialimages.S
 
 @torch.no_grad()
 def synthesize_volume(
-    model: nn.Module | str | Path,
+    model: TrainedModel | nn.Module | str | Path,
     inputs: Mapping[str, ImageLike],
     targets: Optional[Sequence[str]] = None,
     temperature: Optional[float] = None,
@@ -90,7 +92,8 @@ def synthesize_volume(
     """Synthesize ``targets`` (default: every modality) from the given subset of volumes.
 
     Args:
-        model: a loaded generator or a checkpoint path.
+        model: a :class:`TrainedModel` (:func:`load_model`), a checkpoint path, or a bare generator
+            (e.g. ``MMHVAE.from_config(cfg)``: default data settings, the input's own spacing).
         inputs: modality name -> NIfTI path or nibabel image; all on one grid.
         temperature: tau of the posterior sampling (0 = deterministic mean output); default: the
             checkpoint's ``eval.temperature``.
@@ -113,11 +116,8 @@ def synthesize_volume(
     from mmhvae.data.frame_slices import frame_slices
     from mmhvae.models.protocol import check_temperature, default_temperature, synthesize_batched
 
-    if not isinstance(model, nn.Module):
-        model = load_model(model)
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        raise ValueError("the model has no .config; load it with mmhvae.infer.load_model(checkpoint)")
+    model = load_model(model) if isinstance(model, (str, Path)) else as_trained(model)
+    cfg = model.config
     modalities = list(model.cfg.modalities)
     if not inputs:
         raise ValueError(f"empty input subset: give at least one of {modalities}")

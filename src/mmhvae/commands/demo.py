@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.steps={args.steps}")
     cfg = apply_overrides(cfg, overrides)
     run_dir = out / "run"
-    from mmhvae.train.checkpoint import latest_state
+    from mmhvae.checkpoint import latest_state
 
     print(f"[2/4] training the small preset for {cfg.train.steps} steps -> {run_dir}")
     result = train(cfg, run_dir, resume=latest_state(run_dir) is not None)

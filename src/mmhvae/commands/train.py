@@ -60,7 +60,7 @@ def resolve_config(args: argparse.Namespace):
     from pathlib import Path
 
     from mmhvae.config import ConfigError, ExperimentConfig
-    from mmhvae.train.checkpoint import check_resume_config
+    from mmhvae.checkpoint import check_resume_config
 
     run_cfg = Path(args.out) / "config.yaml"
     if not (getattr(args, "resume", False) and run_cfg.is_file()):

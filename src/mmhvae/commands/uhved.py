@@ -85,7 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
     from mmhvae.data.cohort import Cohort, CohortWarning
     from mmhvae.errors import check_device
     from mmhvae.models.uhved import UHVEDConfig, resolve_uhved_config
-    from mmhvae.train.checkpoint import check_resume_config
+    from mmhvae.checkpoint import check_resume_config
     from mmhvae.train.uhved_trainer import UHVEDTrainer, load_cases
 
     overrides = [*args.overrides, f"data.cohort={Path(args.cohort).expanduser().resolve()}"]

@@ -56,8 +56,9 @@ def _latent_z1(model, inputs: Mapping[str, np.ndarray], index: int) -> Optional[
     for m, v in inputs.items():
         images[0, mods.index(m)] = torch.from_numpy(np.ascontiguousarray(v[index]))
         observed[0, mods.index(m)] = True
-    device = next(model.parameters()).device
-    out = model(images.to(device), observed.to(device), temperature=0.0)
+    network = model.network
+    device = next(network.parameters()).device
+    out = network(images.to(device), observed.to(device), temperature=0.0)
     if not out.latents or out.latents[0].dim() != 4:
         return None
     return out.latents[0][0].float().cpu().numpy()

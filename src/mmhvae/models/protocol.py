@@ -141,7 +141,7 @@ def check_temperature(temperature: float) -> float:
 
 @torch.no_grad()
 def synthesize_batched(
-    model: nn.Module,
+    model,
     inputs: Mapping[str, "np.ndarray"],
     temperature: Optional[float] = None,
     batch_size: int = 16,
@@ -152,7 +152,8 @@ def synthesize_batched(
 ) -> dict[str, "np.ndarray"]:
     """Slices ``{modality: (N, H, W)}`` -> ``{target: (K, N, H, W)}`` synthesized, in batches.
 
-    The one batched-synthesis loop of inference and evaluation. ``samples`` K draws per slice at
+    The one batched-synthesis loop of inference and evaluation; ``model`` is a
+    :class:`~mmhvae.trained_model.TrainedModel` or a bare generator. ``samples`` K draws per slice at
     ``temperature`` (default :func:`default_temperature`). With ``seed``, noise comes from a forked
     RNG seeded with it, so the global random state is left untouched and results are reproducible.
     The K samples of a batch share one encoding (:func:`synthesize_samples`).
@@ -162,6 +163,7 @@ def synthesize_batched(
     tau = check_temperature(default_temperature(model) if temperature is None else temperature)
     if samples < 1 or batch_size < 1:
         raise ValueError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
+    model = getattr(model, "network", model)  # a TrainedModel's generator, or the generator itself
     targets = list(targets or model.cfg.modalities)
     first = next(iter(inputs.values()))
     n = first.shape[0]

@@ -373,7 +373,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], UHVEDConfig, d
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UHVED, UHVEDConfig, int]:
     """Rebuild the model of a checkpoint: ``(model in eval mode, config, step)``."""
-    from mmhvae.train.checkpoint import check_weights
+    from mmhvae.checkpoint import check_weights
 
     weights, cfg, meta = read_checkpoint(path)
     model = UHVED.from_config(cfg)
@@ -476,7 +476,7 @@ class UHVEDTrainer:
         atomic_write_text(self.out / "config.yaml", self.cfg.to_yaml())
         log_file = self.out / "log.csv"
         fields = ["step", "loss", "dice", "ce", "mse", "kl", "lr", "seconds"]
-        from mmhvae.train.checkpoint import remove_stale_temporaries, truncate_log
+        from mmhvae.checkpoint import remove_stale_temporaries, truncate_log
 
         remove_stale_temporaries(self.out)  # left by a run killed during a save
         truncate_log(log_file, self.start_step)  # rows past the resumed checkpoint would repeat

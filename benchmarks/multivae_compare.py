@@ -330,7 +330,7 @@ def cells(M: int):
     return out
 
 
-def score(data: Path, out: Path) -> dict:
+def score(data: Path, out: Path, methods=("mvae", "mopoe")) -> dict:
     import numpy as np
 
     from mmhvae.eval.metrics import score_volume
@@ -340,7 +340,7 @@ def score(data: Path, out: Path) -> dict:
     x, avail, subj = d["test_x"], d["test_available"], d["test_subject"]
     reqs = requests(avail)
     results = {}
-    for method in ("mvae", "mopoe"):
+    for method in methods:
         preds = {side: np.load(out / f"pred-{side}-{method}.npz") for side in ("ours", "library")}
         rows = []
         for label, req, t in cells(len(mods)):
@@ -409,6 +409,7 @@ def main(argv=None) -> int:
     p.add_argument("--subjects", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="trainings at once (one thread each)")
+    p.add_argument("--methods", default="mvae,mopoe", help="comma-separated: mvae, mopoe")
     p.add_argument("--worker", choices=["ours", "library"], help=argparse.SUPPRESS)
     p.add_argument("--method", choices=["mvae", "mopoe"], help=argparse.SUPPRESS)
     p.add_argument("--params", type=int, default=0, help=argparse.SUPPRESS)
@@ -431,7 +432,8 @@ def main(argv=None) -> int:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     jobs = []
-    for method in ("mvae", "mopoe"):
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:
         params = sum(q.numel() for q in build_model(apply_method(preset("small"), method).model).parameters())
         common = ["--out", str(args.out), "--steps", str(args.steps), "--method", method]
         if not (args.out / f"pred-ours-{method}.npz").exists():
@@ -450,7 +452,7 @@ def main(argv=None) -> int:
                 running.remove(proc)
                 if proc.returncode != 0:
                     raise SystemExit(f"worker failed ({proc.returncode}): {proc.args}")
-    results = score(data, args.out)
+    results = score(data, args.out, methods)
     command = "python benchmarks/multivae_compare.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(report(results, args.out, args.steps, command))
     return 0

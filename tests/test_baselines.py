@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -174,11 +175,10 @@ def test_depth_ablation_mapping_on_fewer_stages():
 def test_baseline_presets():
     paper = preset("paper")
     mvae = apply_method(paper, "mvae")
-    assert mvae.model.num_levels == 1 and mvae.train.subset_policy == "weights"
-    w = mvae.train.subset_weights
-    assert w["us"] == w["us+t2+cet1+flair"] > w["us+t2"] > 0 and len(w) == 15
+    assert mvae.model.num_levels == 1 and mvae.model.method == "mmhvae"
+    assert (mvae.train.objective, mvae.train.mvae_random_subsets) == ("mvae", 1)
     mopoe = apply_method(paper, "mopoe")
-    assert mopoe.model.num_levels == 1 and mopoe.train.subset_policy == "uniform"
+    assert mopoe.model.num_levels == 1 and (mopoe.model.method, mopoe.train.objective) == ("mopoe", "mopoe")
     mhvae = apply_method(paper, "mhvae")
     assert mhvae.train.complete_only and mhvae.model.num_levels == 7 and mhvae.train.subset_policy == "uniform"
     assert apply_method(paper, "concat-zeros").model.fusion == "concat"
@@ -322,3 +322,164 @@ def test_benchmark_compare_trains_in_parallel_and_shares_identical_configs(tiny_
     assert "reusing" in capsys.readouterr().out
     assert (out / "comparison.md").read_text() == text
     capsys.readouterr()
+
+
+# --------------------------------------------------------------------------------------------------
+# MVAE and MoPoE: their own objectives (issue 17)
+# --------------------------------------------------------------------------------------------------
+
+from mmhvae.models.baselines.mopoe import MoPoEVAE, subset_mixture  # noqa: E402
+from mmhvae.nn.gaussian import DiagonalGaussian, product_of_experts  # noqa: E402
+from mmhvae.train.losses import reconstruction_loss  # noqa: E402
+from mmhvae.train.objectives import MixtureDraws, MixtureOfSubsetsELBO, SubsampledELBO, build_objective  # noqa: E402
+from mmhvae.train.trainer import selection_rule  # noqa: E402
+
+
+def _encoder_grads(model) -> list[float]:
+    return [sum(float(p.grad.abs().sum()) for p in enc.parameters() if p.grad is not None) for enc in model.encoders]
+
+
+def test_mvae_objective_is_the_subsampled_elbo_sum():
+    cfg = apply_method(preset("small"), "mvae")  # M = 4
+    obj = build_objective(cfg.train, None, 4)
+    assert isinstance(obj, SubsampledELBO)
+    available = torch.ones(5, 4, dtype=torch.bool)
+    terms = obj.terms(available, torch.Generator().manual_seed(0))
+    sizes = sorted(int(t.observed[0].sum()) for t in terms)
+    assert sizes[:4] == [1, 1, 1, 1] and sizes[-1] == 4 and len(terms) == 1 + 4 + 1 and 1 < sizes[4] < 4
+    singles = [t for t in terms if int(t.observed[0].sum()) == 1]
+    assert {int(t.observed[0].nonzero()) for t in singles} == {0, 1, 2, 3}
+    for t in terms:  # each ELBO scores what it encodes, summed (weight 1), not averaged
+        assert torch.equal(t.scored, t.observed) and t.weight == 1.0
+    # Incomplete samples: a term keeps the rows that have one of its modalities, observing only those.
+    available = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)
+    for t in obj.terms(available, torch.Generator().manual_seed(0)):
+        rows = torch.arange(2) if t.rows is None else t.rows
+        assert t.observed.any(1).all() and not (t.observed & ~available[rows]).any()
+    flair = [t for t in obj.terms(available, torch.Generator()) if t.name == "3"]
+    assert flair == []  # no sample has modality 3: its unimodal ELBO is left out
+
+
+def test_mvae_unimodal_elbos_train_every_encoder_without_the_joint_term():
+    torch.manual_seed(0)
+    cfg = apply_method(preset("tiny"), "mvae")
+    model = build_model(cfg.model)
+    x = _batch(cfg.model, B=4)
+    available = torch.ones(4, 3, dtype=torch.bool)
+    terms = SubsampledELBO(3, k=1).terms(available, torch.Generator().manual_seed(0))
+    unimodal = [t for t in terms if int(t.observed[0].sum()) == 1]
+    for t in unimodal:
+        model.zero_grad(set_to_none=True)
+        j = int(t.observed[0].nonzero())
+        out = model(x, t.observed, 1.0, available)
+        loss = reconstruction_loss(out.reconstructions, x, t.scored) + 1e-3 * out.kl_total.mean()
+        loss.backward()
+        grads = _encoder_grads(model)
+        assert grads[j] > 0 and all(g == 0 for k, g in enumerate(grads) if k != j)
+        head_grads = [sum(float(p.grad.abs().sum()) for p in h.parameters() if p.grad is not None) for h in model.heads]
+        assert head_grads[j] > 0 and all(g == 0 for k, g in enumerate(head_grads) if k != j)  # own modality only
+
+
+def test_trainer_runs_the_method_objective(tmp_path):
+    from mmhvae.train.batches import ArraySliceDataset
+    from mmhvae.train.trainer import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    available = torch.ones(8, 3, dtype=torch.bool)
+    for method, kind in [("mmhvae", MixtureDraws), ("mvae", SubsampledELBO), ("mopoe", MixtureOfSubsetsELBO)]:
+        cfg = apply_method(preset("tiny"), method)
+        trainer = Trainer(cfg, tmp_path / method, ArraySliceDataset(x, available), None, progress=False)
+        assert isinstance(trainer.objective, kind)
+        seen = []
+        forward = trainer.ddp_model.forward
+        trainer.ddp_model.forward = lambda images, observed, *a, **k: seen.append(observed.clone()) or forward(images, observed, *a, **k)
+        logs = trainer.training_step(trainer.batches.batch(0), 0)
+        assert math.isfinite(logs["loss"])
+        if method == "mvae":
+            assert sorted(int(o[0].sum()) for o in seen) == [1, 1, 1, 2, 3]
+        if method == "mopoe":  # the model sees every available input and draws its own component
+            assert all(torch.equal(o, available[: o.shape[0]]) for o in seen)
+
+
+def _experts(B=3, M=3, D=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return DiagonalGaussian(torch.randn(B, M, D, generator=g), torch.randn(B, M, D, generator=g) * 0.5)
+
+
+def test_mopoe_posterior_is_the_mixture_of_subset_products():
+    experts = _experts()
+    prior = DiagonalGaussian.standard(torch.zeros(3, 5))
+    observed = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    q = subset_mixture(prior, experts, observed, sample=False)
+    subsets = all_subsets(3)
+    for b in range(3):
+        inside = [k for k, s in enumerate(subsets) if all(o or not x for o, x in zip(observed[b].tolist(), s))]
+        assert torch.allclose(q.weights[b, inside], torch.full((len(inside),), 1 / len(inside)))
+        assert float(q.weights[b].sum()) == pytest.approx(1.0)
+        for k in inside:  # each component is the PoE (with the prior expert) of its subset
+            poe = product_of_experts(prior, experts, torch.tensor(subsets[k])[None].expand(3, 3))
+            assert torch.allclose(q.components.mu[b, k], poe.mu[b]) and torch.allclose(q.components.logvar[b, k], poe.logvar[b])
+        # Its KL is the subset average of the components' KLs.
+        kls = torch.stack([DiagonalGaussian(q.components.mu[b, k], q.components.logvar[b, k]).kl(
+            DiagonalGaussian(prior.mu[b], prior.logvar[b])) for k in inside])
+        assert torch.allclose(q.kl(prior)[b], kls.mean(0), atol=1e-6)
+    # Evaluated: the component of every given input, i.e. PoE(S).
+    full = product_of_experts(prior, experts, observed)
+    assert torch.allclose(q.mu, full.mu) and torch.allclose(q.logvar, full.logvar)
+
+
+def test_mopoe_sampling_picks_one_subset_product_per_sample():
+    experts = _experts(B=400, M=3)
+    prior = DiagonalGaussian.standard(torch.zeros(400, 5))
+    observed = torch.tensor([[1, 1, 0]] * 400, dtype=torch.bool)
+    q = subset_mixture(prior, experts, observed, sample=True, generator=torch.Generator().manual_seed(0))
+    names = [subset_name(all_subsets(3)[k], ["a", "b", "c"]) for k in q.selected.tolist()]
+    counts = {n: names.count(n) for n in set(names)}
+    assert set(counts) == {"a", "b", "a+b"} and min(counts.values()) > 90  # uniform over P({a, b})
+    z = q.sample(0.0)
+    for b in (0, 1, 2):  # the sample's mean is its selected component's PoE
+        assert torch.equal(z[b], q.components.mu[b, q.selected[b]])
+
+
+def test_mopoe_model_trains_on_the_mixture_and_synthesizes_from_the_subset_product():
+    torch.manual_seed(0)
+    cfg = apply_method(preset("tiny"), "mopoe")
+    model = build_model(cfg.model)
+    assert isinstance(model, MoPoEVAE)
+    x = _batch(cfg.model, B=3)
+    observed = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    poe = MMHVAE(cfg.model)
+    poe.load_state_dict(model.state_dict())
+    model.eval(), poe.eval()
+    with torch.no_grad():  # evaluated, MoPoE conditions on PoE(S), exactly the PoE network's output
+        assert torch.allclose(model(x, observed, 0.0).reconstructions, poe(x, observed, 0.0).reconstructions)
+    model.train()
+    out = model(x, observed, 1.0, observed)
+    q = out.posteriors[0]
+    assert torch.allclose(out.kl[0], q.kl(DiagonalGaussian.standard(q.mu)).sum(1))
+    single = q.components.kl(DiagonalGaussian(torch.zeros(3, 1, cfg.model.top_latent_dim),
+                                              torch.zeros(3, 1, cfg.model.top_latent_dim))).sum(2)
+    assert torch.allclose(out.kl[0][2], single[2, 1])  # one input: its only subset
+    assert torch.allclose(out.kl[0][0], (single[0] * q.weights[0]).sum())  # subset average, not the sampled one
+    hierarchical = apply_method(preset("tiny"), "mmhvae").model  # MoPoE here has one latent group
+    hierarchical.method = "mopoe"
+    with pytest.raises(ConfigError, match="mopoe"):
+        build_model(hierarchical)
+
+
+@pytest.mark.parametrize("preset_name", ["paper", "small", "tiny"])
+def test_mvae_and_mopoe_have_no_gan_and_select_over_the_whole_run(preset_name):
+    for method in ("mvae", "mopoe"):
+        cfg = apply_method(preset(preset_name), method)
+        assert cfg.train.use_gan is False
+        assert selection_rule(cfg.train) == "best"
+    assert selection_rule(apply_method(preset(preset_name), "mmhvae").train) == "final-phase"  # GAN in the last 20%
+    assert selection_rule(apply_method(preset(preset_name), "no-gan").train) == "best"
+    assert selection_rule(apply_method(preset(preset_name), "mmgan").train) == "best"  # GAN from step 0
+    explicit = apply_method(preset(preset_name), "mvae")
+    explicit.train.selection = "last"
+    assert selection_rule(explicit.train) == "last"
+    asks = apply_method(preset(preset_name), "mvae")
+    asks.train.use_gan = True  # a user who asks for a GAN phase gets it, and the GAN-window rule
+    assert selection_rule(asks.train) == "final-phase"

@@ -257,6 +257,7 @@ def comparison_markdown(
     """The whole comparison report (Markdown): settings, Table 1, ablations, compute."""
     from mmhvae.compute import machine_description, markdown_table
     from mmhvae.eval.tables import paper_table
+    from mmhvae.train.trainer import selection_rule
 
     modalities = list(base.model.modalities)
     methods = list(configs)
@@ -298,7 +299,8 @@ def comparison_markdown(
         parts += ["## Training curves", "", curves_table(curves, selected), "",
                   "Validation PSNR (dB; mean over every input subset and target, τ = 0, the trainer's model "
                   "selection score) at each validation step; **bold**: the checkpoint evaluated above "
-                  f"(`train.selection={base.train.selection}`). "
+                  f"(`train.selection={base.train.selection}`: "
+                  + ", ".join(f"{m} {selection_rule(configs[m].train)}" for m in methods if m in configs) + "). "
                   "A curve still rising at the last step means the budget was too small for that method. "
                   "Plot: `training_curves.png`.", ""]
     return "\n".join(parts) + "\n"

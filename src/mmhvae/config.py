@@ -223,10 +223,17 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     validate_every: int = 200
-    # Which validated model becomes best.safetensors: "final-phase" = highest validation PSNR once the
-    # full objective is on (from the GAN start; whole run without GAN), "best" = highest over the
-    # whole run, "last" = the final model. PSNR alone would always prefer the pre-GAN model.
-    selection: str = "final-phase"
+    # Which validated model becomes best.safetensors: "auto" = "final-phase" when the run has a GAN
+    # phase that starts after step 0, else "best"; "final-phase" = highest validation PSNR once the
+    # full objective is on (from the GAN start); "best" = highest over the whole run; "last" = the
+    # final model. PSNR alone would always prefer the pre-GAN model, hence the GAN window.
+    selection: str = "auto"
+    # The training objective (mmhvae.train.objectives): "mixture" = Algorithm 1 (T draws of r' from
+    # subset_policy, every available modality scored); "mvae" = MVAE's sub-sampled ELBOs (joint, each
+    # single modality, mvae_random_subsets random subsets; each scores its own inputs); "mopoe" = the
+    # MoPoE ELBO (the model's mixture posterior over the subsets of all available inputs).
+    objective: str = "mixture"
+    mvae_random_subsets: int = 1
     val_subjects: int = 4
     log_every: int = 10
     amp: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
@@ -234,7 +241,8 @@ class TrainConfig:
     device: str = "auto"
 
 
-SELECTIONS = ("final-phase", "best", "last")
+SELECTIONS = ("auto", "final-phase", "best", "last")
+OBJECTIVES = ("mixture", "mvae", "mopoe")
 
 
 AMP_MODES = ("auto", "bf16", "fp32")  # fp16 would need loss scaling, which the trainer does not do
@@ -287,6 +295,10 @@ class ExperimentConfig:
         _check_numbers(self.train, self.eval)
         if self.train.selection not in SELECTIONS:
             raise ConfigError(f"train.selection must be one of {', '.join(SELECTIONS)}, got {self.train.selection!r}")
+        if self.train.objective not in OBJECTIVES:
+            raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {self.train.objective!r}")
+        if self.train.mvae_random_subsets < 0:
+            raise ConfigError(f"train.mvae_random_subsets must be >= 0, got {self.train.mvae_random_subsets}")
         if self.data.fit not in ("tile", "refuse"):
             raise ConfigError(f"data.fit must be tile or refuse, got {self.data.fit!r}")
         if self.data.spacing and (len(self.data.spacing) != 3 or not all(float(v) > 0 for v in self.data.spacing)):

@@ -6,8 +6,8 @@ a comparison share data, image size, batch size, step budget, seed and evaluatio
 
 ========================  ==========================================================================
 ``mmhvae``                the configuration as given (paper: L = 7, PoE, mixture policy, GAN)
-``mvae``                  MVAE (Wu & Goodman 2018): L = 1 PoE, sub-sampled training subsets
-``mopoe``                 MoPoE-VAE (Sutter et al. 2021): L = 1 PoE, uniform mixture over subsets
+``mvae``                  MVAE (Wu & Goodman 2018): L = 1 PoE with prior expert, sub-sampled ELBOs, no GAN
+``mopoe``                 MoPoE-VAE (Sutter et al. 2021): L = 1, mixture of subset PoEs and its ELBO, no GAN
 ``mhvae``                 MHVAE (Dorent et al. 2023): hierarchical PoE, complete subjects only
 ``concat-zeros``          fusion ablation: one encoder on zero-imputed concatenated inputs
 ``average``               fusion ablation: deterministic mean of the per-modality experts
@@ -142,26 +142,21 @@ def _mmhvae(cfg: ExperimentConfig) -> None:
 
 
 def _mvae(cfg: ExperimentConfig) -> None:
-    from mmhvae.subsets import all_subsets, subset_name  # imports torch; kept off `--help`'s path
-
     _single_level(cfg)
-    # Sub-sampled training (Wu & Goodman 2018, §3.2): the ELBO of the full joint, of every single
-    # modality, and of k random subsets (k = 1 here). Expressed as draw weights over subset names.
-    mods = cfg.model.modalities
-    subsets = all_subsets(len(mods))
-    random_share = 1.0 / len(subsets)
-    weights = {subset_name(s, mods): random_share for s in subsets}
-    for s in subsets:
-        if sum(s) == 1 or all(s):
-            weights[subset_name(s, mods)] += 1.0
-    cfg.train.subset_policy = "weights"
-    cfg.train.subset_weights = weights
+    # Sub-sampled training (Wu & Goodman 2018, §3.2): the sum of the ELBOs of the joint, of every single
+    # modality and of k = 1 random subset, each reconstructing its own inputs (mmhvae.train.objectives).
+    cfg.train.objective = "mvae"
+    cfg.train.mvae_random_subsets = 1
+    cfg.train.use_gan = False  # the original MVAE has no adversarial term
 
 
 def _mopoe(cfg: ExperimentConfig) -> None:
     _single_level(cfg)
-    # MoPoE's posterior is the uniform mixture of the PoEs of all subsets: one uniform draw per sample.
-    cfg.train.subset_policy = "uniform"
+    # The posterior is the uniform mixture of the PoEs of all subsets of the inputs, with the
+    # subset-averaged KL (mmhvae.models.baselines.mopoe); every available modality is reconstructed.
+    cfg.model.method = "mopoe"
+    cfg.train.objective = "mopoe"
+    cfg.train.use_gan = False  # the original MoPoE-VAE has no adversarial term
 
 
 def _mhvae(cfg: ExperimentConfig) -> None:
@@ -225,8 +220,8 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in [
         Method("mmhvae", "baseline", "MMHVAE as configured (paper: L = 7, PoE, mixture of PoE, GAN)", TPAMI, _mmhvae),
-        Method("mvae", "baseline", "L = 1 product of experts with sub-sampled training subsets", WU_GOODMAN, _mvae),
-        Method("mopoe", "baseline", "L = 1, uniform mixture of products of experts over subsets", SUTTER, _mopoe),
+        Method("mvae", "baseline", "L = 1 product of experts, sub-sampled ELBOs (joint, unimodal, 1 random)", WU_GOODMAN, _mvae),
+        Method("mopoe", "baseline", "L = 1, mixture of the subsets' products of experts and its ELBO", SUTTER, _mopoe),
         Method("mhvae", "baseline", "hierarchical PoE trained on complete subjects only", DORENT_2023, _mhvae),
         Method("mmgan", "baseline", "U-Net + PatchGAN on zero-imputed concatenated inputs", SHARMA, _mmgan),
         Method("resvit", "baseline", "conv encoder + ART transformer bottleneck, zero-imputed inputs", DALMAZ, _resvit),

@@ -23,7 +23,7 @@ from mmhvae.errors import MmhvaeError
 from mmhvae.models import build_model
 from mmhvae.nn.discriminator import ModalityDiscriminators
 from mmhvae.subsets import SubsetPolicy, all_subsets
-from mmhvae import checkpoint as ckpt
+from mmhvae.train import checkpoint as ckpt
 from mmhvae.train.batches import StepBatches, collate
 from mmhvae.train.distributed import DistributedContext
 from mmhvae.train.gan import (
@@ -34,6 +34,17 @@ from mmhvae.train.gan import (
     real_images_for,
 )
 from mmhvae.train.losses import kl_per_pixel, reconstruction_loss
+from mmhvae.train.objectives import build_objective
+
+
+def selection_rule(tc) -> str:
+    """``train.selection`` resolved: ``auto`` is ``final-phase`` for a run with a GAN phase that starts
+    after step 0 (PSNR would otherwise always pick the pre-GAN model) and ``best`` (the whole run)
+    for every other run (MVAE, MoPoE, ``no-gan``, or MM-GAN/ResViT whose GAN is on from step 0)."""
+    if tc.selection != "auto":
+        return tc.selection
+    gan_phase = tc.use_gan and tc.gan.weight > 0 and 0 < tc.gan.start_fraction < 1
+    return "final-phase" if gan_phase else "best"
 
 
 class TrainingDiverged(MmhvaeError, ValueError):
@@ -100,6 +111,7 @@ class Trainer:
             self.opt_g, lambda s: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / max(tc.steps, 1)))
         )
         self.policy = SubsetPolicy(cfg.model.modalities, tc.subset_policy, tc.subset_groups, tc.subset_weights)
+        self.objective = build_objective(tc, self.policy, cfg.model.num_modalities)  # the method's ELBO terms
         self.subset_rng = torch.Generator().manual_seed(tc.seed * 7919 + self.dist.rank)
         self.memories = [RealImageMemory(tc.gan.memory_size, cfg.model.image_size) for _ in cfg.model.modalities]
         weights = None
@@ -142,13 +154,17 @@ class Trainer:
         loss_img = loss_kl = loss_gan = torch.zeros((), device=self.device)  # lines 5-7 (for logging)
         fakes = []
         self.opt_g.zero_grad(set_to_none=True)
-        for t in range(tc.draws):  # line 8: T samples from the mixture
-            observed = self.policy.sample_masks(available.cpu(), self.subset_rng).to(self.device)  # line 9
-            # One backward per draw (gradients accumulate; DDP all-reduces on the last draw only).
-            with self.dist.no_sync(self.ddp_model, skip=t < tc.draws - 1):
+        # lines 8-9: the step's terms (train.objective): T draws of r' from the mixture for Algorithm 1;
+        # the sub-sampled ELBOs for MVAE; the mixture posterior's draws for MoPoE (mmhvae.train.objectives).
+        terms = self.objective.terms(available.cpu(), self.subset_rng)
+        for t, term in enumerate(terms):
+            rows = slice(None) if term.rows is None else term.rows.to(self.device)
+            observed, scored = term.observed.to(self.device), term.scored.to(self.device)
+            # One backward per term (gradients accumulate; DDP all-reduces on the last term only).
+            with self.dist.no_sync(self.ddp_model, skip=t < len(terms) - 1):
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    out = self.ddp_model(inputs, observed, 1.0, available)  # lines 10-16: encode, sample, decode
+                    out = self.ddp_model(inputs[rows], observed, 1.0, available[rows])  # lines 10-16: encode, sample, decode
                     draw_gan = torch.zeros((), device=self.device)
                     if lam_gan > 0:  # line 17: adversarial term of every decoded modality
                         for j in range(len(self.memories)):
@@ -156,7 +172,7 @@ class Trainer:
                             draw_gan = draw_gan + generator_loss(tc.gan.loss, scores.float())
                 # lines 12-13 (KL) and 18-19: every *available* modality is scored, in r' or not (eq. 9)
                 draw_kl = kl_per_pixel(out.kl_total, H, W) if out.kl else torch.zeros((), device=self.device)
-                draw_img = reconstruction_loss(out.reconstructions, targets, available, tc.reconstruction)
+                draw_img = reconstruction_loss(out.reconstructions, targets[rows], scored, tc.reconstruction)
                 draw_total = draw_img + lam_kl * draw_kl + lam_gan * draw_gan  # line 23, averaged over draws
                 if not torch.isfinite(draw_total):
                     raise TrainingDiverged(
@@ -165,10 +181,10 @@ class Trainer:
                         f"{self.run_dir / 'checkpoints'}. Lower train.lr, check the inputs for extreme values, "
                         "or raise train.grad_clip."
                     )
-                (draw_total / tc.draws).backward()  # line 24
-            loss_img = loss_img + draw_img.detach() / tc.draws
-            loss_kl = loss_kl + draw_kl.detach() / tc.draws
-            loss_gan = loss_gan + draw_gan.detach() / tc.draws
+                (draw_total * term.weight).backward()  # line 24
+            loss_img = loss_img + draw_img.detach() * term.weight
+            loss_kl = loss_kl + draw_kl.detach() * term.weight
+            loss_gan = loss_gan + draw_gan.detach() * term.weight
             fakes.append(out.reconstructions.detach().float())
         total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -251,9 +267,10 @@ class Trainer:
     def selection_start(self) -> int:
         """Models after this many steps are the candidates for ``best.safetensors`` (``train.selection``)."""
         tc = self.cfg.train
-        if tc.selection == "last":
+        rule = selection_rule(tc)
+        if rule == "last":
             return tc.steps - 1
-        if tc.selection == "final-phase" and self.lambda_gan(tc.steps - 1) > 0:
+        if rule == "final-phase" and self.lambda_gan(tc.steps - 1) > 0:
             return min(tc.steps - 1, math.ceil(tc.gan.start_fraction * tc.steps))  # first step with the GAN
         return 0
 

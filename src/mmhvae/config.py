@@ -510,10 +510,9 @@ PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}
 
 def preset(name: str) -> ExperimentConfig:
     """A fresh copy of a named preset (``paper``, ``small``, ``tiny``)."""
-    try:
-        return PRESETS[name]().validate()
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    if name not in PRESETS:  # (a KeyError raised inside a preset is a bug, not an unknown name)
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]().validate()
 
 
 def resolve(config: Optional[str] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:

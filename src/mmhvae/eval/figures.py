@@ -116,6 +116,8 @@ def subset_grid(
     labels = dict(labels or {})
     canvas = _Canvas(len(rows) + 1, len(modalities) + len(targets), tile_px, title)
     windows = {m: _window(ground_truth.get(m), inputs.get(m)) for m in dict.fromkeys(modalities + targets)}
+    # Inputs are shown in their own (acquired, per-image scaled) window: they are not harmonized.
+    input_windows = {m: _window(inputs.get(m), ground_truth.get(m)) for m in modalities}
     for col, m in enumerate(modalities):
         canvas.column_title(col, f"input {labels.get(m, m)}")
     for col, t in enumerate(targets, start=len(modalities)):
@@ -132,7 +134,7 @@ def subset_grid(
             elif m not in inputs:
                 raise ValueError(f"subset {subset!r} uses input {m!r}, but no image was given for it")
             else:
-                _show(ax, inputs[m], windows[m])
+                _show(ax, inputs[m], input_windows[m])
         for col, t in enumerate(targets, start=len(modalities)):
             ax = canvas.axes(row, col)
             if t in synthesized:

@@ -505,7 +505,23 @@ def _tiny() -> ExperimentConfig:
     return cfg
 
 
-PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}
+def _real_cpu() -> ExperimentConfig:
+    """Real brain MR on a CPU (issue 18): T1 / T2 / T1c / FLAIR, 96² at 2 mm isotropic (a 192 mm field
+    of view: a whole adult brain in one tile), the ``small`` network, uniform input subsets (no
+    ultrasound anchor group). ``--preset real-cpu model.modalities=[us,t1]`` and a finer
+    ``data.spacing`` for the RESECT ultrasound pairs (see docs/real_data.md)."""
+    cfg = _small()
+    cfg.name = "real-cpu"
+    cfg.model.modalities = ["t1", "t2", "cet1", "flair"]
+    cfg.model.image_size = 96
+    cfg.data.spacing = [2.0, 2.0, 2.0]
+    cfg.train.subset_policy = "uniform"
+    cfg.train.batch_size = 8
+    cfg.train.val_subjects = 1
+    return cfg
+
+
+PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny, "real-cpu": _real_cpu}
 
 
 def preset(name: str) -> ExperimentConfig:

@@ -80,6 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          help="config overrides applied before each method, e.g. train.batch_size=8")
     compare.set_defaults(func=run_compare)
 
+    _add_real_subcommand(actions, method_help)
     _add_downstream_subcommands(actions)
 
 
@@ -167,4 +168,64 @@ def run_compare(args: argparse.Namespace) -> int:
     )
     print(result.markdown.read_text())
     print(f"[compare] written {result.markdown}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmark real (issue 18): train on a cohort, score on separately given test subjects
+
+
+def _add_real_subcommand(actions: argparse._SubParsersAction, method_help: str) -> None:
+    from mmhvae.realbench import DEFAULT_REAL_METHODS
+
+    real = actions.add_parser(
+        "real", help="real-data benchmark: train on a cohort, Table 1 on separate test subjects, with references",
+        description="Train MMHVAE and the comparisons under one budget and seed on --train (minus the test "
+        "subjects), score them and the predict-the-mean / copy-the-nearest-contrast references on the test "
+        "subjects (--test COHORT, or --test-subjects named in --train), and write OUT/realbench.md (split, "
+        "Table 1, summary, KL per level, training curves, pictures). See docs/real_data.md.",
+    )
+    real.add_argument("--train", required=True, type=Path, help="training cohort: manifest CSV or folder")
+    real.add_argument("--test", type=Path, default=None, help="separate test cohort (manifest CSV or folder)")
+    real.add_argument("--test-subjects", default=None, help="comma-separated test subjects (of --test, else of --train)")
+    real.add_argument("--val-subjects", default=None,
+                      help="comma-separated subjects of --train used for model selection only (never test ones)")
+    real.add_argument("--train-subjects", default=None, help="comma-separated: train only on these subjects of --train")
+    real.add_argument("--exclude", default=None, help="comma-separated subjects of --train left out entirely")
+    real.add_argument("--methods", default=DEFAULT_REAL_METHODS, help=method_help)
+    real.add_argument("--budget-steps", type=int, required=True, help="training steps per method")
+    real.add_argument("--preset", default="real-cpu", help="config preset or YAML file (default real-cpu)")
+    real.add_argument("--out", required=True, type=Path, help="benchmark folder (a rerun resumes)")
+    real.add_argument("--seed", type=int, default=0, help="training seed shared by all methods (default 0)")
+    real.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    real.add_argument("--threads", type=int, default=None, help="CPU threads for torch, per training process")
+    real.add_argument("--jobs", type=int, default=1, help="methods trained at once in separate processes")
+    real.add_argument("--no-references", action="store_true", help="skip the mean-image / nearest-contrast rows")
+    real.add_argument("--no-pictures", action="store_true", help="skip the picture grids")
+    real.add_argument("--no-progress", action="store_true", help="no progress bars")
+    real.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.modalities=[us,t1]")
+    real.set_defaults(func=run_real)
+
+
+def run_real(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmhvae.cli import UserError
+    from mmhvae.config import resolve
+    from mmhvae.methods import parse_methods
+    from mmhvae.realbench import run_realbench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.budget_steps < 1:
+        raise UserError("--budget-steps must be >= 1")
+    base = resolve(args.preset, [*args.overrides, f"train.steps={args.budget_steps}", f"train.seed={args.seed}",
+                                 f"train.device={args.device}"])
+    result = run_realbench(
+        base, parse_methods(args.methods), args.out, args.train, args.test, args.test_subjects,
+        args.val_subjects, args.train_subjects, args.exclude, references=not args.no_references,
+        pictures=not args.no_pictures, progress=not args.no_progress, jobs=args.jobs, threads=args.threads,
+    )
+    print(result.markdown.read_text())
+    print(f"[real] written {result.markdown} ({result.seconds / 60:.1f} min)")
     return 0

@@ -454,6 +454,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: 
             f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out"
         )
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        if trainer.dist.is_main:  # RUN/MODEL_CARD.md: data, geometry, budget, curve, licences (issue 18)
+            from mmhvae.train.model_card import write_model_card
+
+            write_model_card(cfg, Path(run_dir), best_step=trainer.best_step, best_score=trainer.best_score)
+        return result
     finally:
         trainer.dist.close()

@@ -74,13 +74,16 @@ def build_split(
     from mmhvae.data.cohort import Cohort
 
     mods = list(modalities)
-    pool = Cohort.load(train_source, modalities=mods, aliases=dict(aliases) if aliases else None)
+    # Subjects without any of the model's modalities (MR-only cases for an ultrasound model) are not
+    # errors here: they are simply not part of this benchmark (collected, not raised).
+    skipped: list[str] = []
+    pool = Cohort.load(train_source, modalities=mods, aliases=dict(aliases) if aliases else None, problems=skipped)
     by_name = {s.name: s for s in pool.subjects if any(m in s.paths for m in mods)}
     test_names, val_names = _names(test_subjects), _names(val_subjects)
     wanted, dropped = _names(train_subjects), set(_names(exclude))
     tests = []
     if test_source is not None:
-        other = Cohort.load(test_source, modalities=mods, aliases=dict(aliases) if aliases else None)
+        other = Cohort.load(test_source, modalities=mods, aliases=dict(aliases) if aliases else None, problems=skipped)
         tests = [s for s in other.subjects if any(m in s.paths for m in mods)
                  and (not test_names or s.name in test_names)]
         clash = sorted({s.name for s in tests} & (set(by_name) - dropped))

@@ -201,3 +201,17 @@ def test_accumulator_summary_duplicates_and_round_trip():
     again = MetricAccumulator.from_rows(acc.rows())
     assert again.records == acc.records
     assert acc.methods == ["ours", "mvae"] and acc.metrics == ["psnr", "lpips"]
+
+
+def test_lpips_of_slices_smaller_than_alexnet_s_minimum_is_scored_after_padding():
+    """A small field of view (22 x 27 px) still gets an LPIPS; identical images score 0."""
+    from mmhvae.eval.lpips import load_lpips
+    from mmhvae.eval.metrics import lpips_slices
+
+    model = load_lpips()
+    if model is None:
+        pytest.skip("LPIPS weights unavailable")
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, (3, 22, 27)).astype(np.float32)
+    assert lpips_slices(model, truth, truth) == pytest.approx(0.0, abs=1e-6)
+    assert lpips_slices(model, truth[::-1].copy() * 0.5, truth) > 0.01

@@ -219,7 +219,9 @@ def lpips_slices(
     """Mean LPIPS over the scored slices of two volumes ``(D, H, W)``; ``None`` when ``model`` is None.
 
     Intensities ``[lo, lo + data_range]`` (``lo`` = ground-truth minimum) map to [-1, 1], clipped,
-    so prediction and ground truth share one mapping. Slices must be at least 32×32.
+    so prediction and ground truth share one mapping. Slices smaller than AlexNet's 32×32 minimum
+    (a small field of view, e.g. an ultrasound sector at a coarse spacing) are padded to 32 with the
+    ground truth's minimum in both images, so the padding itself matches.
     """
     if model is None:
         return None
@@ -234,6 +236,10 @@ def lpips_slices(
     def to_batch(vol: np.ndarray, idx: np.ndarray) -> torch.Tensor:
         slices = np.moveaxis(np.take(vol, idx, axis=axis), axis, 0)  # (n, H, W)
         scaled = np.clip(2.0 * (slices - lo) / rng - 1.0, -1.0, 1.0)
+        short = [max(32 - n, 0) for n in scaled.shape[1:]]
+        if any(short):
+            scaled = np.pad(scaled, ((0, 0), (short[0] // 2, short[0] - short[0] // 2),
+                                     (short[1] // 2, short[1] - short[1] // 2)), constant_values=-1.0)
         return torch.from_numpy(scaled.astype(np.float32))[:, None].to(device)
 
     parts = np.array_split(chosen, math.ceil(chosen.size / batch_size))

@@ -184,3 +184,35 @@ def test_accumulated_fusion_equals_the_dense_masked_one(dense, sparse):
         assert torch.allclose(q.mu, ref.mu, atol=1e-6) and torch.allclose(q.logvar, ref.logvar, atol=1e-6)
     (g,) = torch.autograd.grad(q.mu.sum(), experts.mu)
     assert (g[~observed] == 0).all() and (g[observed] != 0).any()
+
+
+@pytest.mark.parametrize("objective", ["mixture", "mvae"])
+def test_trainer_step_with_one_encoding_equals_one_forward_per_term(tmp_path, monkeypatch, objective):
+    from mmhvae.train.batches import ArraySliceDataset
+    from mmhvae.train.trainer import Trainer
+
+    # Posterior means instead of samples: the two paths draw their noise in different orders.
+    monkeypatch.setattr(DiagonalGaussian, "sample", lambda self, temperature=1.0, noise=None: self.mu)
+    g = torch.Generator().manual_seed(0)
+    available = torch.rand(8, 3, generator=g) < 0.7
+    available[:, 0] = True
+    data = ArraySliceDataset(torch.rand(8, 3, 32, 32, generator=g), available)
+    cfg = preset("tiny")
+    cfg.train.steps, cfg.train.draws, cfg.train.batch_size, cfg.train.objective = 4, 3, 4, objective
+    cfg.train.use_gan = False
+    logs, params = [], []  # params: the step's gradients
+    for shared in (False, True):
+        trainer = Trainer(cfg, tmp_path / str(shared), data, None, progress=False)
+        trainer.model.draws_in_one_forward = shared
+        calls = []
+        for enc in trainer.model.encoders:
+            enc.register_forward_hook(lambda *_: calls.append(1))
+        logs.append(trainer.training_step(trainer.batches.batch(0), 0))
+        params.append([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None])
+        if shared:  # each modality encoded at most once for all the step's terms
+            assert len(calls) <= cfg.model.num_modalities
+    assert logs[0]["loss"] == pytest.approx(logs[1]["loss"], rel=1e-5)
+    assert logs[0]["grad_norm"] == pytest.approx(logs[1]["grad_norm"], rel=1e-4)
+    assert len(params[0]) == len(params[1]) > 0
+    scale = max(float(a.abs().max()) for a in params[0])  # float32 sums in another order: relative to it
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale) for a, b in zip(*params))

@@ -97,6 +97,9 @@ class ModalityEncoder(nn.Module):
 class MMHVAE(nn.Module):
     """The generator of DESIGN §1: M encoders, L latent levels, top-down decoder, M image heads."""
 
+    # forward() takes a list of T masks r' (one encoding, one batched decoder pass); the trainer uses it.
+    draws_in_one_forward = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()

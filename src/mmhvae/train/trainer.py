@@ -157,6 +157,15 @@ class Trainer:
         # lines 8-9: the step's terms (train.objective): T draws of r' from the mixture for Algorithm 1;
         # the sub-sampled ELBOs for MVAE; the mixture posterior's draws for MoPoE (mmhvae.train.objectives).
         terms = self.objective.terms(available.cpu(), self.subset_rng)
+        # A generator that decodes several r' from one encoding (MMHVAE: an encoder's features do not
+        # depend on r') gets all terms in one forward and one backward: same loss and gradients.
+        shared = getattr(self.model, "draws_in_one_forward", False) and len(terms) > 1
+        if shared:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                outs = self.ddp_model(inputs, [term.observed.to(self.device) for term in terms], 1.0, available,
+                                      rows=[None if term.rows is None else term.rows.to(self.device) for term in terms])
+            step_total = torch.zeros((), device=self.device)
         for t, term in enumerate(terms):
             rows = slice(None) if term.rows is None else term.rows.to(self.device)
             observed, scored = term.observed.to(self.device), term.scored.to(self.device)
@@ -164,7 +173,8 @@ class Trainer:
             with self.dist.no_sync(self.ddp_model, skip=t < len(terms) - 1):
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    out = self.ddp_model(inputs[rows], observed, 1.0, available[rows])  # lines 10-16: encode, sample, decode
+                    # lines 10-16: encode, sample, decode
+                    out = outs[t] if shared else self.ddp_model(inputs[rows], observed, 1.0, available[rows])
                     draw_gan = torch.zeros((), device=self.device)
                     if lam_gan > 0:  # line 17: adversarial term of every decoded modality
                         for j in range(len(self.memories)):
@@ -181,11 +191,16 @@ class Trainer:
                         f"{self.run_dir / 'checkpoints'}. Lower train.lr, check the inputs for extreme values, "
                         "or raise train.grad_clip."
                     )
-                (draw_total * term.weight).backward()  # line 24
+                if shared:
+                    step_total = step_total + draw_total * term.weight
+                else:
+                    (draw_total * term.weight).backward()  # line 24
             loss_img = loss_img + draw_img.detach() * term.weight
             loss_kl = loss_kl + draw_kl.detach() * term.weight
             loss_gan = loss_gan + draw_gan.detach() * term.weight
             fakes.append(out.reconstructions.detach().float())
+        if shared:
+            step_total.backward()  # line 24, all terms at once (DDP all-reduces here)
         total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         if not torch.isfinite(grad_norm):

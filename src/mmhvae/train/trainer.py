@@ -23,7 +23,7 @@ from mmhvae.errors import MmhvaeError
 from mmhvae.models import build_model
 from mmhvae.nn.discriminator import ModalityDiscriminators
 from mmhvae.subsets import SubsetPolicy, all_subsets
-from mmhvae.train import checkpoint as ckpt
+from mmhvae import checkpoint as ckpt
 from mmhvae.train.batches import StepBatches, collate
 from mmhvae.train.distributed import DistributedContext
 from mmhvae.train.gan import (

@@ -393,7 +393,12 @@ def test_trainer_runs_the_method_objective(tmp_path):
         assert isinstance(trainer.objective, kind)
         seen = []
         forward = trainer.ddp_model.forward
-        trainer.ddp_model.forward = lambda images, observed, *a, **k: seen.append(observed.clone()) or forward(images, observed, *a, **k)
+
+        def spy(images, observed, *a, **k):  # one r' per call, or the list of a step's r' in one call
+            seen.extend(o.clone() for o in (observed if isinstance(observed, (list, tuple)) else [observed]))
+            return forward(images, observed, *a, **k)
+
+        trainer.ddp_model.forward = spy
         logs = trainer.training_step(trainer.batches.batch(0), 0)
         assert math.isfinite(logs["loss"])
         if method == "mvae":

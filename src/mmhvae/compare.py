@@ -203,7 +203,7 @@ def run_comparison(
 
         for name, cfg in configs.items():
             row = {"method": name, **measure(cfg.model, 1, None, device, warmup=1, repeats=3)}
-            row["levels"] = cfg.model.num_levels if cfg.model.method == "mmhvae" else 0
+            row["levels"] = cfg.model.num_levels if cfg.model.method in ("mmhvae", "mopoe") else 0
             compute_rows.append(row)
 
     curves = read_curves({n: out_dir / "runs" / same_as.get(n, n) for n in configs})
@@ -273,7 +273,7 @@ def comparison_markdown(
         "|---|---|---|---|---|",
     ]
     for name, cfg in configs.items():
-        L = cfg.model.num_levels if cfg.model.method == "mmhvae" else "-"
+        L = cfg.model.num_levels if cfg.model.method in ("mmhvae", "mopoe") else "-"
         time_cell = f"same model as {same_as[name]}" if same_as and name in same_as else f"{seconds.get(name, 0.0):.0f}"
         parts.append(f"| {name} | {cfg.model.method} | {L} | {METHODS[name].source} | {time_cell} |")
     parts += ["", "## Table 1 - every method, every input subset", ""]

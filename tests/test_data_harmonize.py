@@ -112,3 +112,35 @@ def test_real_cases_agree_after_wm_median_harmonization(real_data_dir):
         assert disagreement < abs(raw_a - raw_b) / ((raw_a + raw_b) / 2), (modality, raw_a, raw_b)
         target = cfg.wm_targets[modality]
         assert abs(a / target - 1) < 0.1 and abs(b / target - 1) < 0.1, (modality, a, b)
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_disagreeing_white_matter_masks_are_reported(agree):
+    """When T1 and T2 call different tissues white matter (e.g. scalp fat in an image without a brain
+    mask), the subject is named in a warning instead of being harmonized silently."""
+    import warnings
+
+    from mmhvae.data.cohort import SubjectVolumes
+    from mmhvae.data.harmonize import HarmonizationWarning
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((24, 24, 12), dtype=int)
+    labels[2:22, 2:22, 1:11] = 1
+    labels[4:20, 4:20, 1:11] = 2
+    labels[7:17, 7:17, 1:11] = 3  # three classes of similar size
+    t1_levels = {1: 100.0, 2: 200.0, 3: 300.0}  # WM (brightest) = label 3
+    t2_levels = {1: 300.0, 2: 200.0, 3: 100.0} if agree else {1: 200.0, 2: 100.0, 3: 300.0}
+    images = {}
+    for name, levels in (("t1", t1_levels), ("t2", t2_levels)):
+        vol = np.zeros(labels.shape, dtype=np.float32)
+        for k, value in levels.items():
+            vol[labels == k] = value
+        images[name] = vol + rng.normal(0, 3, vol.shape).astype(np.float32) * (labels > 0)
+    volumes = SubjectVolumes("case", images, np.eye(4), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        harmonize_subject(volumes, DataConfig())
+    reported = [w for w in caught if issubclass(w.category, HarmonizationWarning)]
+    assert bool(reported) is (not agree)
+    if reported:
+        assert "'case'" in str(reported[0].message) and "brain mask" in str(reported[0].message)

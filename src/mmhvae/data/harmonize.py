@@ -198,6 +198,44 @@ def invert_harmonization(volume: np.ndarray, params: HarmonizationParams) -> np.
     return (volume / np.float32(params.scale) + np.float32(params.offset)).astype(np.float32, copy=False)
 
 
+MIN_CONSENSUS_AGREEMENT = 0.3  # Dice of the single-contrast WM masks below which they disagree
+
+
+class HarmonizationWarning(UserWarning):
+    """The white-matter estimate of a subject is doubtful (its harmonized targets may be off)."""
+
+
+def check_agreement(subject: str, sources: str, masks: list[np.ndarray], has_brain_mask: bool) -> None:
+    """Warn when the single-contrast white-matter masks of a consensus (``t1+t2``) disagree.
+
+    Two contrasts of one brain find nearly the same white matter (Dice 0.5-0.85 on the real cases);
+    when they do not, one clustering picked another tissue, most often scalp fat or skull left in an
+    image without a brain mask, and the harmonized intensities of that subject are wrong.
+    """
+    agreement = _agreement(masks)
+    if agreement < MIN_CONSENSUS_AGREEMENT:
+        import warnings
+
+        hint = ("check the brain mask" if has_brain_mask else
+                "the images probably contain skull or scalp: give a brain mask (a 'mask' column)")
+        warnings.warn(
+            f"subject {subject!r}: the white-matter masks of {sources} disagree (Dice {agreement:.2f}); "
+            f"its harmonized targets are unreliable: {hint}, or a white-matter mask ('wm' column)",
+            HarmonizationWarning, stacklevel=3,
+        )
+
+
+def _agreement(masks: list[np.ndarray]) -> float:
+    """Smallest pairwise Dice overlap of boolean masks (1 for a single mask)."""
+    worst = 1.0
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
+            a, b = masks[i], masks[j]
+            total = int(a.sum()) + int(b.sum())
+            worst = min(worst, 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0)
+    return worst
+
+
 def harmonize_subject(volumes, cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict[str, HarmonizationParams]]:
     """Harmonize every image of a :class:`~mmhvae.data.cohort.SubjectVolumes`.
 
@@ -224,7 +262,9 @@ def harmonize_subject(volumes, cfg: DataConfig) -> tuple[dict[str, np.ndarray], 
         for alternative in cfg.wm_reference.get(modality, []):
             sources = [s.strip() for s in alternative.split("+") if s.strip()]
             if sources and all(s in volumes.images and s in cfg.wm_cluster_rule for s in sources):
-                mask = np.logical_and.reduce([own_mask(s) for s in sources])
+                masks = [own_mask(s) for s in sources]
+                mask = np.logical_and.reduce(masks)
+                check_agreement(volumes.name, alternative, masks, volumes.brain_mask is not None)
                 if mask.any():
                     return mask
         if modality in cfg.wm_cluster_rule:

@@ -12,8 +12,9 @@ Work measured (paper preset, 192², four modalities, float32, CPU):
 * **train**: one generator step as the trainer runs it: ``T`` draws of r' from the paper's subset
   policy (batch 8, every modality available), MSE + lambda_KL * KL, backward, Adamax step (the GAN
   term, on in the last 20 % of training only, is left out of both). Old: one forward + backward per
-  draw, each draw encoding its r'. New: :meth:`MMHVAE.forward` with the T masks (one encoding, one
-  batched decoder pass over the T draws), one backward.
+  draw, each draw encoding its r'. New: as the trainer on one process: one encoding of the modalities
+  the T draws use (``encode_draws``), then decode + backward per draw from the features as leaves, and
+  one backward through the encoders.
 * **synth-all** / **synth-us**: one batch of 16 slices through ``forward`` at tau = 0.5 under
   ``torch.inference_mode`` with all four inputs / the ultrasound only.
 
@@ -98,14 +99,15 @@ def train_step(model, opt, images, available, masks, shared: bool) -> float:
     opt.zero_grad(set_to_none=True)
     T = len(masks)
     total = 0.0
-    if shared:
-        outs = model(images, list(masks), 1.0, available)
-        loss = sum(
-            (reconstruction_loss(o.reconstructions, images, available) + 1e-3 * kl_per_pixel(o.kl_total, H, W)) / T
-            for o in outs
-        )
-        loss.backward()
-        total = float(loss)
+    if shared:  # as Trainer.training_step on one process: one encoding, decode + backward per draw
+        encoding = model.encode_draws(images, list(masks))
+        leaves = encoding.detached()
+        for observed in masks:
+            out = model.decode(leaves, observed, 1.0)
+            loss = reconstruction_loss(out.reconstructions, images, available) + 1e-3 * kl_per_pixel(out.kl_total, H, W)
+            (loss / T).backward()
+            total += float(loss.detach()) / T
+        encoding.backward(leaves)
     else:
         for observed in masks:
             out = model(images, observed, 1.0, available)

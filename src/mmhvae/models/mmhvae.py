@@ -68,6 +68,24 @@ class Encoding:
     def batch(self) -> int:
         return self.mask.shape[0]
 
+    def _tensors(self) -> list[Tensor]:
+        return [t for e in self.experts if e is not None for t in (*e[1], e[2])]
+
+    def detached(self) -> "Encoding":
+        """The same features as leaves that collect gradients: decode from them once per draw (each draw
+        back-propagates into them), then :meth:`backward` runs the encoders' backward once for all."""
+        experts = [
+            None if e is None else (e[0], [f.detach().requires_grad_() for f in e[1]], e[2].detach().requires_grad_())
+            for e in self.experts
+        ]
+        return Encoding(experts, self.mask, self.dtype)
+
+    def backward(self, leaves: "Encoding") -> None:
+        """Back-propagate the gradients gathered by ``leaves`` (from :meth:`detached`) into the encoders."""
+        pairs = [(t, leaf.grad) for t, leaf in zip(self._tensors(), leaves._tensors()) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+
 
 class ModalityEncoder(nn.Module):
     """Bottom-up path of one modality: features at every spatial stage plus the coarsest grid."""
@@ -97,7 +115,8 @@ class ModalityEncoder(nn.Module):
 class MMHVAE(nn.Module):
     """The generator of DESIGN §1: M encoders, L latent levels, top-down decoder, M image heads."""
 
-    # forward() takes a list of T masks r' (one encoding, one batched decoder pass); the trainer uses it.
+    # forward() takes a list of T masks r' (one encoding, one batched decoder pass; DDP-safe, T times the
+    # decoder's activation memory); on one process the trainer uses encode_draws + decode per draw instead.
     draws_in_one_forward = True
 
     def __init__(self, cfg: ModelConfig):
@@ -314,8 +333,9 @@ class MMHVAE(nn.Module):
         observed,
         temperature: float = 1.0,
         available: Optional[Tensor] = None,
-        rows: Optional[Sequence[Optional[Tensor]]] = None,
+        rows=None,
         noise: Optional[Sequence[Tensor]] = None,
+        encoding: Optional["Encoding"] = None,
     ):
         """Encode the observed subset r' of each sample and decode every modality.
 
@@ -327,14 +347,30 @@ class MMHVAE(nn.Module):
                 batched pass, and a list of T outputs is returned (one forward, so DDP-safe).
             temperature: tau, scales the posterior standard deviation when sampling (0 = mean).
             available: r ``(B, M)`` bool, only checked (r' must be within r); losses use it.
-            rows: with a list of masks, per draw the batch rows it uses (``None`` = all B rows).
+            rows: with a list of masks, per draw the batch rows it uses (``None`` = all B rows); with
+                ``encoding``, the encoded row of each of the B rows (``None`` = the same row).
             noise: standard-normal noise per level (see :meth:`decode`); with a list of masks, one
                 such list per draw.
+            encoding: features from :meth:`encode` / :meth:`encode_draws` (e.g. ``Encoding.detached()``)
+                that cover r': decode from them instead of encoding ``images`` again.
         """
         if isinstance(observed, (list, tuple)):
             return self._forward_draws(images, list(observed), temperature, available, rows, noise)
         check_forward_inputs(self.cfg, images, observed, available)
+        if encoding is not None:
+            return self.decode(encoding, observed, temperature, rows=rows, noise=noise)
         return self.decode(self.encode(images, observed), observed, temperature, noise=noise)
+
+    def encode_draws(self, images: Tensor, draws: Sequence[Tensor], rows: Optional[Sequence[Optional[Tensor]]] = None):
+        """One encoding of every modality that one of the ``draws`` r' observes (per row), or ``None`` when
+        the fusion's features depend on r' (``concat``): then each draw needs its own forward."""
+        if not self.fusion.shares_encoding:
+            return None
+        B = images.shape[0]
+        union = torch.zeros(B, self.cfg.num_modalities, device=images.device)
+        for d, r in zip(draws, rows if rows is not None else [None] * len(draws)):
+            union = union + d.float() if r is None else union.index_add(0, r.to(images.device), d.float())
+        return self.encode(images, union > 0)
 
     def _forward_draws(self, images, draws, temperature, available, rows, noise=None) -> list[MMHVAEOutput]:
         B = images.shape[0]

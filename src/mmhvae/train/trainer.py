@@ -157,15 +157,23 @@ class Trainer:
         # lines 8-9: the step's terms (train.objective): T draws of r' from the mixture for Algorithm 1;
         # the sub-sampled ELBOs for MVAE; the mixture posterior's draws for MoPoE (mmhvae.train.objectives).
         terms = self.objective.terms(available.cpu(), self.subset_rng)
-        # A generator that decodes several r' from one encoding (MMHVAE: an encoder's features do not
-        # depend on r') gets all terms in one forward and one backward: same loss and gradients.
-        shared = getattr(self.model, "draws_in_one_forward", False) and len(terms) > 1
-        if shared:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                outs = self.ddp_model(inputs, [term.observed.to(self.device) for term in terms], 1.0, available,
-                                      rows=[None if term.rows is None else term.rows.to(self.device) for term in terms])
-            step_total = torch.zeros((), device=self.device)
+        # A generator whose encoders' features do not depend on r' (MMHVAE) encodes each modality once
+        # for all terms (same loss and gradients). One process: decode and backward per term from the
+        # features as leaves, then one encoder backward (one decoder graph alive at a time). DDP: all
+        # terms in one forward (batched decoder) and one backward, so DDP sees one forward/backward.
+        multi = getattr(self.model, "draws_in_one_forward", False) and len(terms) > 1
+        term_rows = [None if term.rows is None else term.rows.to(self.device) for term in terms]
+        term_observed = [term.observed.to(self.device) for term in terms]
+        encoding = leaves = None
+        shared = multi and self.dist.enabled
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            if shared:
+                outs = self.ddp_model(inputs, term_observed, 1.0, available, rows=term_rows)
+            elif multi:
+                encoding = self.model.encode_draws(inputs, term_observed, term_rows)
+                leaves = encoding.detached() if encoding is not None else None
+        step_total = torch.zeros((), device=self.device)
         for t, term in enumerate(terms):
             rows = slice(None) if term.rows is None else term.rows.to(self.device)
             observed, scored = term.observed.to(self.device), term.scored.to(self.device)
@@ -174,7 +182,13 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
                     # lines 10-16: encode, sample, decode
-                    out = outs[t] if shared else self.ddp_model(inputs[rows], observed, 1.0, available[rows])
+                    if shared:
+                        out = outs[t]
+                    elif leaves is not None:
+                        out = self.ddp_model(inputs[rows], observed, 1.0, available[rows], rows=term_rows[t],
+                                             encoding=leaves)
+                    else:
+                        out = self.ddp_model(inputs[rows], observed, 1.0, available[rows])
                     draw_gan = torch.zeros((), device=self.device)
                     if lam_gan > 0:  # line 17: adversarial term of every decoded modality
                         for j in range(len(self.memories)):
@@ -201,6 +215,8 @@ class Trainer:
             fakes.append(out.reconstructions.detach().float())
         if shared:
             step_total.backward()  # line 24, all terms at once (DDP all-reduces here)
+        if encoding is not None:
+            encoding.backward(leaves)  # the encoders' backward, once for all terms
         total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         if not torch.isfinite(grad_norm):

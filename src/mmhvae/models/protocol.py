@@ -187,3 +187,33 @@ def synthesize_batched(
                     out[t][k, start : start + batch_size] = res[t].float().cpu().numpy()
     return out
 
+
+class Generator(nn.Module):
+    """What every generator shares: ``cfg`` (its :class:`~mmhvae.config.ModelConfig`), the modality
+    names, and named-modality synthesis. Subclasses implement ``forward(images (B, M, H, W),
+    observed (B, M), temperature, available)``."""
+
+    cfg: ModelConfig
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.cfg.modalities)
+
+    @torch.no_grad()
+    def synthesize(
+        self,
+        images: Mapping[str, Tensor],
+        temperature: Optional[float] = None,
+        targets: Optional[Sequence[str]] = None,
+    ) -> dict[str, Tensor]:
+        """Synthesize every modality (or ``targets``) from any non-empty subset of named inputs.
+
+        Args:
+            images: modality name -> ``(B, H, W)``, ``(B, 1, H, W)`` or ``(H, W)`` tensor.
+            temperature: tau (paper: 0.5); 0 gives the deterministic output; None = the default of
+                :func:`default_temperature` (a trained model's ``eval.temperature``).
+        Returns:
+            modality name -> tensor of the same layout as the inputs.
+        """
+        return synthesize_named(self, images, temperature, targets)
+

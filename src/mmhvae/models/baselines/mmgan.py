@@ -18,14 +18,14 @@ Differences from the original, each for a stated reason:
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
 from mmhvae.models.mmhvae import MMHVAEOutput
-from mmhvae.models.protocol import check_forward_inputs, synthesize_named, zero_impute
+from mmhvae.models.protocol import Generator, check_forward_inputs, zero_impute
 
 DROPOUT = 0.2  # the authors' value (pix2pix used 0.5)
 FIRST_DROPOUT_STAGE = 3  # original: dropout on down4..down8 and up1..up4, i.e. the stages from the 4th on
@@ -66,7 +66,7 @@ class UNetUp(nn.Module):
         return torch.cat([self.model(x), skip], dim=1)
 
 
-class MMGANGenerator(nn.Module):
+class MMGANGenerator(Generator):
     """U-Net over the M zero-imputed modalities; ``len(cfg.channels)`` stride-2 stages."""
 
     def __init__(self, cfg: ModelConfig):
@@ -94,9 +94,6 @@ class MMGANGenerator(nn.Module):
         )
         self.apply(_init_normal)
 
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.cfg.modalities)
 
     def forward(
         self,
@@ -126,15 +123,6 @@ class MMGANGenerator(nn.Module):
             h = up(h, skip)
         return MMHVAEOutput(self.final(h), [], [bottleneck])
 
-    @torch.no_grad()
-    def synthesize(
-        self,
-        images: Mapping[str, Tensor],
-        temperature: Optional[float] = None,
-        targets: Optional[Sequence[str]] = None,
-    ) -> dict[str, Tensor]:
-        """Synthesize every modality (or ``targets``) from named ``(B, H, W)`` / ``(H, W)`` inputs."""
-        return synthesize_named(self, images, temperature, targets)
 
 
 def _init_normal(module: nn.Module) -> None:

@@ -28,14 +28,14 @@ Differences from the original, each for a stated reason:
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ConfigError, ModelConfig
 from mmhvae.models.mmhvae import MMHVAEOutput
-from mmhvae.models.protocol import check_forward_inputs, synthesize_named, zero_impute
+from mmhvae.models.protocol import Generator, check_forward_inputs, zero_impute
 
 TRANSFORMER_DOWNSAMPLING = 2  # stride-2 convs before tokenization in an ART block (original: 2)
 DROPOUT = 0.1  # ViT-B/16 dropout rate used by the authors
@@ -170,7 +170,7 @@ class ARTBlock(nn.Module):
         return self.residual_cnn(x)
 
 
-class ResViTGenerator(nn.Module):
+class ResViTGenerator(Generator):
     """Unified ResViT-style generator: ``(B, M, H, W)`` zero-imputed inputs -> ``(B, M, H, W)``."""
 
     def __init__(self, cfg: ModelConfig):
@@ -210,9 +210,6 @@ class ResViTGenerator(nn.Module):
             # No ART block uses it: drop it so that parameter counts stay honest.
             self.transformer = None
 
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.cfg.modalities)
 
     def forward(
         self,
@@ -235,12 +232,3 @@ class ResViTGenerator(nn.Module):
         features = self.art(self.encoder(zero_impute(images, observed)))
         return MMHVAEOutput(self.decoder(features), [], [features])
 
-    @torch.no_grad()
-    def synthesize(
-        self,
-        images: Mapping[str, Tensor],
-        temperature: Optional[float] = None,
-        targets: Optional[Sequence[str]] = None,
-    ) -> dict[str, Tensor]:
-        """Synthesize every modality (or ``targets``) from named ``(B, H, W)`` / ``(H, W)`` inputs."""
-        return synthesize_named(self, images, temperature, targets)

@@ -12,13 +12,13 @@ sample, so it costs nothing and receives no gradient, and whatever its image slo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
-from mmhvae.models.protocol import check_forward_inputs
+from mmhvae.models.protocol import Generator, check_forward_inputs
 from mmhvae.nn.cells import DecoderCell, EncoderCell, downsample, group_norm, image_head, upsample
 from mmhvae.nn.fusion import build_fusion
 from mmhvae.nn.gaussian import DiagonalGaussian
@@ -112,7 +112,7 @@ class ModalityEncoder(nn.Module):
         return feats, self.top(h)
 
 
-class MMHVAE(nn.Module):
+class MMHVAE(Generator):
     """The generator of DESIGN §1: M encoders, L latent levels, top-down decoder, M image heads."""
 
     # forward() takes a list of T masks r' (one encoding, one batched decoder pass; DDP-safe, T times the
@@ -186,10 +186,6 @@ class MMHVAE(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "MMHVAE":
         return cls(cfg)
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.cfg.modalities)
 
     # ----------------------------------------------------------------------------------------------
     def encode(self, images: Tensor, observed: Tensor) -> "Encoding":
@@ -399,25 +395,6 @@ class MMHVAE(nn.Module):
         return [out.rows(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def synthesize(
-        self,
-        images: Mapping[str, Tensor],
-        temperature: Optional[float] = None,
-        targets: Optional[Sequence[str]] = None,
-    ) -> dict[str, Tensor]:
-        """Synthesize every modality (or ``targets``) from any non-empty subset of named inputs.
-
-        Args:
-            images: modality name -> ``(B, H, W)``, ``(B, 1, H, W)`` or ``(H, W)`` tensor.
-            temperature: tau (paper: 0.5); 0 gives the deterministic posterior-mean output; None =
-                the checkpoint's ``eval.temperature`` (:func:`~mmhvae.models.protocol.default_temperature`).
-        Returns:
-            modality name -> tensor of the same layout as the inputs.
-        """
-        from mmhvae.models.protocol import synthesize_named
-
-        return synthesize_named(self, images, temperature, targets)
 
 
 def _dense(experts, prior: DiagonalGaussian, num_experts: int) -> DiagonalGaussian:

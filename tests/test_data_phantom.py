@@ -192,3 +192,46 @@ def test_clear_error_when_nilearn_is_absent(monkeypatch, tmp_path):
     monkeypatch.setattr(template.importlib.util, "find_spec", lambda name: Spec())
     with pytest.raises(phantom.TemplateMissingError, match="mni_icbm152_t1"):
         phantom.template_paths()
+
+
+def _white_matter_ball(shape=(64, 64, 64), spacing=(1.0, 1.0, 1.0), radius=28.0, reflector=None):
+    """A ball of white matter (optionally with a calcified disc) as an :class:`Anatomy`."""
+    from mmhvae.data.phantom.anatomy import Anatomy
+    from mmhvae.data.phantom.fields import grid
+
+    x, y, z = grid(shape, spacing)
+    brain = (x * x + y * y + z * z) < radius**2
+    fractions = np.zeros((len(phantom.TISSUE_NAMES) - 1, *shape), np.float32)
+    fractions[phantom.WM - 1][brain] = 1.0
+    if reflector is not None:
+        fractions[:, reflector & brain] = 0.0
+        fractions[phantom.CALCIFICATION - 1][reflector & brain] = 1.0
+    tissues = np.where(brain, phantom.WM, phantom.BACKGROUND).astype(np.uint8)
+    if reflector is not None:
+        tissues[reflector & brain] = phantom.CALCIFICATION
+    return Anatomy(fractions=fractions, tissues=tissues, brain=brain, tumour_centre=np.array([0.0, 0.0, 12.0]),
+                   tumour_radius=5.0, brain_centre=np.zeros(3))
+
+
+def test_ultrasound_strong_reflector_casts_an_acoustic_shadow():
+    """Behind a calcified disc on the beam the image is darker than without it; before it, unchanged."""
+    from mmhvae.data.phantom import ultrasound
+    from mmhvae.data.phantom.fields import grid
+
+    spacing = (1.0, 1.0, 1.0)
+    plain = _white_matter_ball()
+    apex, beam = ultrasound._probe(np.random.default_rng(5), plain, spacing)
+    x, y, z = grid(plain.brain.shape, spacing)
+    q = [x - apex[0], y - apex[1], z - apex[2]]
+    depth = q[0] * beam[0] + q[1] * beam[1] + q[2] * beam[2]
+    off_axis = np.sqrt(np.maximum(sum(c * c for c in q) - depth**2, 0.0))
+    disc = (np.abs(depth - 12.0) < 1.5) & (off_axis < 8.0)
+    image, sector = ultrasound.ultrasound_image(np.random.default_rng(5), plain, spacing)
+    shadowed, sector2 = ultrasound.ultrasound_image(np.random.default_rng(5), _white_matter_ball(reflector=disc), spacing)
+    assert np.array_equal(sector, sector2)  # same probe, same field of view
+    behind = sector & (depth > 20.0) & (depth < 35.0) & (off_axis < 3.0)
+    before = sector & (depth > 3.0) & (depth < 8.0) & (off_axis < 3.0)
+    assert behind.sum() > 20 and before.sum() > 5
+    assert shadowed[behind].mean() < 0.6 * image[behind].mean()  # the acoustic shadow
+    assert abs(shadowed[before].mean() - image[before].mean()) < 0.1 * image[before].mean() + 1.0
+    assert shadowed[disc & sector].mean() > 1.5 * image[disc & sector].mean()  # the reflector itself is bright

@@ -200,3 +200,12 @@ def test_demo_command_runs_end_to_end_at_toy_size(tmp_path, capsys):
     assert list((out / "report").glob("grid_*.png"))
     text = capsys.readouterr().out
     assert "mean-image PSNR" in text and "demo finished" in text
+    from mmhvae.commands.demo import find_real_cases
+    from mmhvae.pretrained import builtin_path
+
+    if builtin_path(required=False) is not None:  # the converged model beside the short run, same subjects
+        assert "pretrained PSNR" in (out / "report" / "baseline.md").read_text()
+        if find_real_cases(None) is not None:  # ../shared/data/real beside the clone: synthesis of a real case
+            pngs = list((out / "real").glob("*_from_t2.png"))
+            assert len(pngs) == 1
+            assert {p.name for p in pngs[0].with_suffix("").parent.glob("*/*.nii.gz")} >= {"cet1.nii.gz", "flair.nii.gz"}

@@ -19,13 +19,13 @@ from mmhvae.data.cohort import Cohort, Subject
 _LABEL_COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.2, 0.8, 0.2), 3: (1.0, 0.85, 0.1), 4: (1.0, 0.85, 0.1)}
 
 
-def _to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def to_ras(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     ornt = nib.orientations.io_orientation(affine)
     transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt("RAS"))
     return nib.orientations.apply_orientation(volume, transform)
 
 
-def _spacing_ras(affine: np.ndarray) -> np.ndarray:
+def spacing_ras(affine: np.ndarray) -> np.ndarray:
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     order = np.abs(nib.orientations.io_orientation(affine)[:, 0]).astype(int)
     out = np.empty(3)
@@ -40,9 +40,9 @@ def subject_rows(
     from mmhvae.data.cohort import load_subject
 
     volumes = load_subject(subject)
-    rows = [(f"{label} {m}", _to_ras(v, volumes.affine)) for m, v in volumes.images.items()]
-    seg = None if volumes.seg is None else _to_ras(volumes.seg, volumes.affine)
-    return rows, seg, _spacing_ras(volumes.affine)
+    rows = [(f"{label} {m}", to_ras(v, volumes.affine)) for m, v in volumes.images.items()]
+    seg = None if volumes.seg is None else to_ras(volumes.seg, volumes.affine)
+    return rows, seg, spacing_ras(volumes.affine)
 
 
 def _pick_slices(rows: list[tuple[str, np.ndarray]], seg: Optional[np.ndarray], columns: int) -> list[int]:

@@ -1,0 +1,5 @@
+import sys
+
+from mmhvae.pretrained import main
+
+sys.exit(main())

@@ -129,7 +129,7 @@ def test_registry_and_resvit_shares_one_transformer():
     keys = list(model.state_dict())
     assert sum(k.startswith("transformer.") for k in keys) > 0
     assert not any(".transformer." in k for k in keys if k.startswith("art."))  # one copy, owned by the generator
-    assert cfg.model.transformer_blocks == [0, 2] and cfg.model.art_blocks == 4
+    assert cfg.model.resvit.transformer_blocks == [0, 2] and cfg.model.resvit.art_blocks == 4
 
 
 def test_resvit_refuses_a_bottleneck_too_small_for_the_transformer():
@@ -185,18 +185,18 @@ def test_baseline_presets():
     assert apply_method(paper, "average").model.fusion == "average"
     assert apply_method(paper, "no-gan").train.use_gan is False
     mmgan = apply_method(paper, "mmgan")
-    assert mmgan.model.method == "mmgan" and mmgan.model.channels == [64, 128, 256, 512, 512, 512]
+    assert mmgan.model.method == "mmgan" and mmgan.model.mmgan.channels == [64, 128, 256, 512, 512, 512]
     assert mmgan.train.reconstruction == "l1" and mmgan.train.gan.start_fraction == 0.0
     assert mmgan.train.gan.weight == pytest.approx(0.1 / 0.9) and mmgan.train.gan.channels == 64
     resvit = apply_method(paper, "resvit")
-    m = resvit.model
-    assert (m.method, m.channels, m.art_blocks, m.transformer_blocks) == ("resvit", [64, 128, 256], 9, [0, 5])
+    m = resvit.model.resvit
+    assert (resvit.model.method, m.channels, m.art_blocks, m.transformer_blocks) == ("resvit", [64, 128, 256], 9, [0, 5])
     assert (m.transformer_dim, m.transformer_layers, m.transformer_heads) == (768, 12, 12)
     assert resvit.train.gan.weight == pytest.approx(0.01) and resvit.train.optimizer == "adam"
     small = preset("small")
     b = 2 * small.model.channels[0]  # reduced presets: base width twice the preset's first stage
-    assert apply_method(small, "mmgan").model.channels == [b * 2**s for s in range(len(small.model.channels))]
-    assert apply_method(small, "resvit").model.channels == [b, 2 * b, 4 * b]
+    assert apply_method(small, "mmgan").model.mmgan.channels == [b * 2**s for s in range(len(small.model.channels))]
+    assert apply_method(small, "resvit").model.resvit.channels == [b, 2 * b, 4 * b]
 
 
 def test_apply_method_copies_names_and_refuses_unknown():

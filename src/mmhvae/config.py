@@ -25,43 +25,95 @@ from mmhvae.errors import ConfigError  # noqa: E402,F401 - defined with the othe
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_widths(key: str, widths: list[int], image_size: int) -> None:
+    """``widths`` (one stride-2 stage each) positive, and ``image_size`` divisible by 2**len(widths)."""
+    if len(widths) < 1:
+        raise ConfigError(f"{key}: at least one spatial stage is required")
+    if any(c <= 0 for c in widths):
+        raise ConfigError(f"{key} must be positive, got {widths}")
+    div = 2 ** len(widths)
+    if image_size % div != 0:
+        raise ConfigError(f"model.image_size={image_size} must be divisible by 2**len({key})={div}")
+
+
+@dataclass
+class MMGANConfig:
+    """MM-GAN's U-Net generator (``model.method=mmgan``, Sharma & Hamarneh 2020): one stride-2 stage
+    per width. The default is the authors' widths at the paper preset's six stages (``methods.py``)."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 512, 512])
+
+    def validate(self, image_size: int) -> None:
+        _check_widths("model.mmgan.channels", self.channels, image_size)
+
+
+@dataclass
+class ResViTConfig:
+    """ResViT's generator (``model.method=resvit``, Dalmaz et al. 2022; defaults = the original sizes):
+    encoder widths (one stride-2 downsampling between consecutive ones), ART blocks in the
+    bottleneck, the ones that carry the (weight-shared) transformer, its width, depth and heads."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    art_blocks: int = 9
+    transformer_blocks: list[int] = field(default_factory=lambda: [0, 5])
+    transformer_dim: int = 768
+    transformer_layers: int = 12
+    transformer_heads: int = 12
+
+    def validate(self, image_size: int) -> None:
+        _check_widths("model.resvit.channels", self.channels, image_size)
+        if self.art_blocks < 0 or any(not 0 <= b < self.art_blocks for b in self.transformer_blocks):
+            raise ConfigError(
+                f"model.resvit.transformer_blocks {self.transformer_blocks} must index the "
+                f"{self.art_blocks} model.resvit.art_blocks"
+            )
+        if self.transformer_heads <= 0 or self.transformer_dim % self.transformer_heads != 0:
+            raise ConfigError(
+                f"model.resvit.transformer_dim={self.transformer_dim} must be a multiple of "
+                f"model.resvit.transformer_heads={self.transformer_heads}"
+            )
+
+
+#: Families with their own generator config: ``model.<method>`` holds what that generator reads.
+FAMILY_CONFIGS = {"mmgan": MMGANConfig, "resvit": ResViTConfig}
+
+
 @dataclass
 class ModelConfig:
-    """Architecture of the hierarchical multimodal VAE (DESIGN §1).
+    """The generator: what every family shares (modalities, image size, ``method``), the
+    hierarchical multimodal VAE's architecture (DESIGN §1; read by ``mmhvae`` and ``mopoe``), and
+    the MM-GAN and ResViT generators' own configs in ``model.mmgan`` / ``model.resvit``.
 
     Spatial stage ``s`` (0-based, finest first) works at resolution ``image_size / 2**s``. Stage ``s``
     carries a latent group with ``latent_channels[s]`` channels, or none when it is 0 (the depth
     ablation of paper Table 2 removes groups this way while keeping the network depth). The coarsest
     latent ``z_L`` is always a vector of ``top_latent_dim`` elements, encoded from the features at
     resolution ``image_size / 2**len(channels)``. The number of latent groups is
-    ``L = 1 + #{s : latent_channels[s] > 0}``.
+    ``L = 1 + #{s : latent_channels[s] > 0}``. The defaults are the ``paper`` preset.
     """
 
     modalities: list[str] = field(default_factory=lambda: ["us", "t2", "cet1", "flair"])
     method: str = "mmhvae"  # model family; baselines register other names (DESIGN §2)
     image_size: int = 192
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64, 128, 128])
+    # The authors' width schedule, one decoder cell per stage (issue 14): compute sits at the coarse
+    # stages, not at 192² where element-wise work and memory traffic dominate. 13.3 M parameters,
+    # 11.8 / 6.9 GMACs with 4 / 1 inputs (official: 13.77 M, 12.65 / 6.54; benchmarks/profile_report.md).
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128, 128])
     latent_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 64, 64])
-    top_channels: int = 128
+    top_channels: int = 64
     top_latent_dim: int = 256
     encoder_cells: int = 1
     decoder_cells: int = 1
     expand_ratio: int = 6
     depthwise_kernel: int = 5
     head_blocks: int = 5
-    head_channels: int = 8
+    head_channels: int = 16
     se_reduction: int = 8
     logvar_clamp: float = 8.0
     mean_clamp: float = 20.0
     fusion: str = "poe"  # "poe" (paper eq. 13-14) | "average" (HeMIS-style ablation) | "concat"
-    # ResViT-style generator (method "resvit", Dalmaz et al. 2022; defaults = the original sizes):
-    # ART blocks in the bottleneck, the ones that carry the (weight-shared) transformer, its width,
-    # depth and heads. The MM-GAN and ResViT encoders take their widths from ``channels``.
-    art_blocks: int = 9
-    transformer_blocks: list[int] = field(default_factory=lambda: [0, 5])
-    transformer_dim: int = 768
-    transformer_layers: int = 12
-    transformer_heads: int = 12
+    mmgan: MMGANConfig = field(default_factory=MMGANConfig)
+    resvit: ResViTConfig = field(default_factory=ResViTConfig)
 
     @property
     def num_modalities(self) -> int:
@@ -76,33 +128,21 @@ class ModelConfig:
             raise ConfigError("model.modalities: at least one modality is required")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"model.modalities: duplicate names in {self.modalities}")
+        if self.method in FAMILY_CONFIGS:  # a family with its own generator reads only its own config
+            getattr(self, self.method).validate(self.image_size)
+            return
         if len(self.channels) != len(self.latent_channels):
             raise ConfigError(
                 "model.channels and model.latent_channels must have the same length "
                 f"(one entry per spatial stage), got {len(self.channels)} and {len(self.latent_channels)}"
             )
-        if len(self.channels) < 1:
-            raise ConfigError("model.channels: at least one spatial stage is required")
-        div = 2 ** len(self.channels)
-        if self.image_size % div != 0:
-            raise ConfigError(
-                f"model.image_size={self.image_size} must be divisible by 2**len(channels)={div}"
-            )
-        if any(c <= 0 for c in self.channels) or self.top_channels <= 0 or self.top_latent_dim <= 0:
+        _check_widths("model.channels", self.channels, self.image_size)
+        if self.top_channels <= 0 or self.top_latent_dim <= 0:
             raise ConfigError("model.channels, top_channels and top_latent_dim must be positive")
         if any(c < 0 for c in self.latent_channels):
             raise ConfigError("model.latent_channels must be >= 0 (0 = no latent at that stage)")
         if self.fusion not in ("poe", "average", "concat"):
             raise ConfigError(f"model.fusion must be poe, average or concat, got {self.fusion!r}")
-        if self.art_blocks < 0 or any(not 0 <= b < self.art_blocks for b in self.transformer_blocks):
-            raise ConfigError(
-                f"model.transformer_blocks {self.transformer_blocks} must index the {self.art_blocks} model.art_blocks"
-            )
-        if self.transformer_heads <= 0 or self.transformer_dim % self.transformer_heads != 0:
-            raise ConfigError(
-                f"model.transformer_dim={self.transformer_dim} must be a multiple of "
-                f"model.transformer_heads={self.transformer_heads}"
-            )
 
 
 @dataclass
@@ -179,7 +219,6 @@ class DataConfig:
     augment_rotation: float = 10.0  # degrees, uniform in [-a, a]
     augment_scale: float = 0.1  # zoom uniform in [1 - s, 1 + s]
     augment_translation: float = 0.05  # fraction of the image size, uniform in [-t, t]
-    num_workers: int = 0
     cache_dir: str = ""  # preprocessed slices (.npy); "" = $MMHVAE_CACHE or ~/.cache/mmhvae
 
 
@@ -188,6 +227,7 @@ class GanConfig:
     loss: str = "lsgan"  # "lsgan" | "hinge" | "wasserstein" (paper eq. 15)
     weight: float = 0.025  # lambda_GAN
     start_fraction: float = 0.8  # lambda_GAN = 0 before this fraction of training (paper: last 20%)
+    gradient_penalty: float = 10.0  # weight of the critics' gradient penalty with loss "wasserstein" (WGAN-GP)
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     channels: int = 32
@@ -323,25 +363,11 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
-        return from_dict(cls, data, "").validate()
+        return from_dict(cls, upgrade_dict(data), "").validate()
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        try:
-            return cls.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+        return load_config(cls, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,6 +436,25 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def load_config(cls: type, path: str | Path) -> Any:
+    """``cls.from_dict`` of a YAML file (any config with that classmethod), errors naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return cls.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def override_dict(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested config dict in place."""
     for item in overrides:
@@ -430,7 +475,68 @@ def override_dict(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 
 def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
     """Apply ``section.key=value`` overrides (values parsed as YAML) and re-validate."""
-    return ExperimentConfig.from_dict(override_dict(config.to_dict(), list(overrides)))
+    return ExperimentConfig.from_dict(override_dict(config.to_dict(), [_renamed_override(o) for o in overrides]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs written by earlier versions (run folders stay loadable)
+# --------------------------------------------------------------------------------------------------
+
+#: Keys that are gone: nothing read them. An old config.yaml that has them loads with a warning.
+REMOVED_KEYS = {"data.num_workers": "nothing read it (training batches are built in the main process)"}
+#: ResViT's settings lived at the top of ``model`` before each family had its own config (issue 13).
+_RESVIT_KEYS = ("art_blocks", "transformer_blocks", "transformer_dim", "transformer_layers", "transformer_heads")
+
+
+def _warn_legacy(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _renamed_override(item: str) -> str:
+    """``model.art_blocks=4`` (before issue 13) -> ``model.resvit.art_blocks=4``."""
+    key, sep, raw = item.partition("=")
+    name = key.strip()
+    if sep and name.startswith("model.") and name[len("model."):] in _RESVIT_KEYS:
+        _warn_legacy(f"override {name} is now model.resvit.{name[len('model.'):]}")
+        return f"model.resvit.{name[len('model.'):]}={raw}"
+    return item
+
+
+def upgrade_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of an earlier version in today's layout (a copy; warns once per change).
+
+    * ``data.num_workers`` (read nowhere) is dropped;
+    * ResViT's ``model.art_blocks`` / ``model.transformer_*`` move to ``model.resvit``;
+    * an ``mmgan`` or ``resvit`` run's ``model.channels`` were its generator's widths: they move to
+      ``model.mmgan.channels`` / ``model.resvit.channels`` (and its all-zero ``latent_channels`` go).
+    """
+    import copy
+
+    data = copy.deepcopy(data)
+    for dotted, why in REMOVED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            del data[section][key]
+            _warn_legacy(f"config key {dotted} is ignored: {why}")
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return data
+    resvit = {k: model.pop(k) for k in _RESVIT_KEYS if k in model}
+    method = model.get("method")
+    family = {}
+    if method in FAMILY_CONFIGS and method not in model and "channels" in model:
+        family = {"channels": model.pop("channels")}
+        model.pop("latent_channels", None)  # the MMHVAE widths of this family's run are the defaults
+    for name, moved in (("resvit", resvit), (method, family)):
+        if moved:
+            section = model.setdefault(name, {})
+            for k, v in moved.items():
+                section.setdefault(k, v)
+            keys = ", ".join(f"model.{k}" for k in sorted(moved))
+            _warn_legacy(f"a config written before model.{name} existed: {keys} read as model.{name}.*")
+    return data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,41 +545,28 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
 
 
 def _paper() -> ExperimentConfig:
-    """The paper's configuration (TPAMI 2025 §4): 192², L = 7, M = 4, 1000 epochs, B = 16."""
+    """The paper's configuration (TPAMI 2025 §4): 192², L = 7, M = 4, 1000 epochs, B = 16 (the
+    :class:`ModelConfig` defaults)."""
     cfg = ExperimentConfig(name="paper")
-    cfg.model = ModelConfig(
-        modalities=["us", "t2", "cet1", "flair"],
-        image_size=192,
-        # The authors' width schedule, one decoder cell per stage (issue 14): compute sits at the coarse
-        # stages, not at 192² where element-wise work and memory traffic dominate. 13.3 M parameters,
-        # 11.8 / 6.9 GMACs with 4 / 1 inputs (official: 13.77 M, 12.65 / 6.54; benchmarks/profile_report.md).
-        channels=[16, 32, 64, 128, 128, 128],
-        latent_channels=[8, 16, 32, 64, 64, 64],
-        top_channels=64,
-        top_latent_dim=256,
-        decoder_cells=1,
-        head_blocks=5,
-        head_channels=16,
-    )
     cfg.train = TrainConfig(steps=100_000, batch_size=16, draws=3, kl_weight=1e-3)
     return cfg
+
+
+def _reduced_model(
+    modalities: list[str], image_size: int, channels: list[int], latent_channels: list[int], top: int,
+    head_channels: int, **extra: Any,
+) -> ModelConfig:
+    """A CPU-sized network: expand ratio 2, one head block, a top grid and vector of ``top`` channels."""
+    return ModelConfig(
+        modalities=modalities, image_size=image_size, channels=channels, latent_channels=latent_channels,
+        top_channels=top, top_latent_dim=top, expand_ratio=2, head_blocks=1, head_channels=head_channels, **extra,
+    )
 
 
 def _small() -> ExperimentConfig:
     """CPU-trainable in minutes: 64², L = 4 (three spatial groups + the top vector), the built-in cohort's modalities."""
     cfg = ExperimentConfig(name="small")
-    cfg.model = ModelConfig(
-        modalities=["us", "t2", "cet1", "flair"],
-        image_size=64,
-        channels=[8, 16, 32, 32],
-        latent_channels=[4, 8, 0, 16],
-        top_channels=32,
-        top_latent_dim=32,
-        expand_ratio=2,
-        depthwise_kernel=3,
-        head_blocks=1,
-        head_channels=8,
-    )
+    cfg.model = _reduced_model(["us", "t2", "cet1", "flair"], 64, [8, 16, 32, 32], [4, 8, 0, 16], 32, 8, depthwise_kernel=3)
     cfg.train = TrainConfig(
         steps=600, batch_size=16, draws=2, checkpoint_every=200, validate_every=100, log_every=10
     )
@@ -486,18 +579,7 @@ def _small() -> ExperimentConfig:
 def _tiny() -> ExperimentConfig:
     """For tests: 32², L = 3, three modalities."""
     cfg = ExperimentConfig(name="tiny")
-    cfg.model = ModelConfig(
-        modalities=["us", "t2", "cet1"],
-        image_size=32,
-        channels=[8, 8, 16],
-        latent_channels=[4, 0, 8],
-        top_channels=16,
-        top_latent_dim=16,
-        expand_ratio=2,
-        head_blocks=1,
-        head_channels=4,
-        se_reduction=4,
-    )
+    cfg.model = _reduced_model(["us", "t2", "cet1"], 32, [8, 8, 16], [4, 0, 8], 16, 4, se_reduction=4)
     cfg.train = TrainConfig(steps=4, batch_size=4, draws=2, checkpoint_every=2, validate_every=2, log_every=1)
     cfg.train.gan.channels = 8
     cfg.train.gan.layers = 2

@@ -26,7 +26,8 @@ stage, so L is then the number of distinct groups kept (small preset, S = 4: L7 
 groups; tiny, S = 3: L5 and L7 keep all four). A kept stage has the preset's latent width there, or,
 where the preset has none, the width of the nearest stage that has one (the finer one on a tie).
 
-**Baseline sizes.** ``mmgan`` and ``resvit`` use the authors' widths at full size
+**Baseline sizes.** ``mmgan`` and ``resvit`` read their own configs (``model.mmgan``,
+``model.resvit``), set here from the preset: the authors' widths at full size
 (``model.image_size >= 128``): U-Net 64-128-256-512-512-... (one stage per preset stage) and ResViT
 64-128-256 with 9 ART blocks, transformer in blocks 1 and 6, ViT-B (768-d, 12 layers, 12 heads),
 PatchGAN discriminators of 64 channels and 3 layers. Below that size they are scaled to stay
@@ -129,7 +130,6 @@ def _adversarial_baseline(cfg: ExperimentConfig, gan_weight: float) -> None:
     tc.subset_policy = "uniform"
     if _is_full_size(cfg):
         tc.gan.channels, tc.gan.layers = 64, 3  # the PatchGAN of pix2pix / MM-GAN / ResViT
-    cfg.model.latent_channels = [0] * len(cfg.model.channels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,22 +182,22 @@ def _mmgan(cfg: ExperimentConfig) -> None:
     m = cfg.model
     m.method = "mmgan"
     b = _base_width(cfg)
-    m.channels = [min(b * 2**s, 8 * b) for s in range(len(m.channels))]
+    m.mmgan.channels = [min(b * 2**s, 8 * b) for s in range(len(m.channels))]
     # Authors' generator loss: 0.9 * L1 + 0.1 * LSGAN, i.e. lambda_GAN = 0.1 / 0.9 relative to L1.
     _adversarial_baseline(cfg, gan_weight=0.1 / 0.9)
 
 
 def _resvit(cfg: ExperimentConfig) -> None:
-    m = cfg.model
-    m.method = "resvit"
+    cfg.model.method = "resvit"
     b = _base_width(cfg)
-    m.channels = [b, 2 * b, 4 * b]
+    r = cfg.model.resvit
+    r.channels = [b, 2 * b, 4 * b]
     if _is_full_size(cfg):
-        m.art_blocks, m.transformer_blocks = 9, [0, 5]
-        m.transformer_dim, m.transformer_layers, m.transformer_heads = 768, 12, 12
+        r.art_blocks, r.transformer_blocks = 9, [0, 5]
+        r.transformer_dim, r.transformer_layers, r.transformer_heads = 768, 12, 12
     else:
-        m.art_blocks, m.transformer_blocks = 4, [0, 2]
-        m.transformer_dim, m.transformer_layers, m.transformer_heads = 4 * b, 2, 4
+        r.art_blocks, r.transformer_blocks = 4, [0, 2]
+        r.transformer_dim, r.transformer_layers, r.transformer_heads = 4 * b, 2, 4
     # Authors' loss: 100 * L1 + 1 * adversarial, i.e. lambda_GAN = 0.01 relative to L1.
     _adversarial_baseline(cfg, gan_weight=0.01)
 

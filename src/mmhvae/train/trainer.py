@@ -238,7 +238,8 @@ class Trainer:
                 d_fake = self.discriminators(j, fake[:, j])
                 loss_j = discriminator_loss(tc.gan.loss, d_real.float(), d_fake.float())
                 if tc.gan.loss == "wasserstein":
-                    loss_j = loss_j + 10.0 * gradient_penalty(self.discriminators.critics[j], real, fake[:, j], self.subset_rng)
+                    penalty = gradient_penalty(self.discriminators.critics[j], real, fake[:, j], self.subset_rng)
+                    loss_j = loss_j + tc.gan.gradient_penalty * penalty
                 loss_d = loss_d + loss_j
             if loss_d.requires_grad:
                 loss_d.backward()  # line 31

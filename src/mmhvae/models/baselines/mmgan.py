@@ -8,7 +8,7 @@ and ReLU up, skip connections by concatenation, no normalization on the first an
 dropout 0.2 on the stages from the fourth on, and a final nearest-neighbour upsampling + 4x4 conv.
 
 Differences from the original, each for a stated reason:
-* the number of stages and their widths come from ``model.channels`` (original: 8 stages,
+* the number of stages and their widths come from ``model.mmgan.channels`` (original: 8 stages,
   64-128-256-512-512-512-512-512 for 256x256), so any image size the config allows works; the
   ``mmgan`` method preset sets the original widths at full size (see :mod:`mmhvae.methods`);
 * the output layer is linear (the authors' BraTS run used a ReLU): harmonized intensities are not
@@ -67,13 +67,13 @@ class UNetUp(nn.Module):
 
 
 class MMGANGenerator(Generator):
-    """U-Net over the M zero-imputed modalities; ``len(cfg.channels)`` stride-2 stages."""
+    """U-Net over the M zero-imputed modalities; ``len(cfg.mmgan.channels)`` stride-2 stages."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        M, widths = cfg.num_modalities, list(cfg.channels)
+        M, widths = cfg.num_modalities, list(cfg.mmgan.channels)
         n = len(widths)
         self.downs = nn.ModuleList()
         for s, w in enumerate(widths):

@@ -3,10 +3,10 @@
 Read top to bottom, as in the authors' ``ResViT`` module:
 
 * convolutional encoder: reflection-padded 7x7 conv, then stride-2 3x3 convs
-  (``model.channels``, original 64-128-256 for two downsamplings), BatchNorm + ReLU;
-* information bottleneck: ``model.art_blocks`` aggregated residual transformer (ART) blocks at the
+  (``model.resvit.channels``, original 64-128-256 for two downsamplings), BatchNorm + ReLU;
+* information bottleneck: ``model.resvit.art_blocks`` aggregated residual transformer (ART) blocks at the
   coarsest width C. Every block ends with a residual CNN block; the blocks listed in
-  ``model.transformer_blocks`` (original: the 1st and 6th of 9) first run a transformer branch:
+  ``model.resvit.transformer_blocks`` (original: the 1st and 6th of 9) first run a transformer branch:
   two stride-2 convs (C -> 2C -> 4C), a 1x1 patch embedding to ``transformer_dim`` tokens plus a
   learned positional embedding, the transformer encoder (pre-norm ViT blocks, *one* encoder whose
   weights these blocks share), two transposed convs back to C, concatenation with the block input,
@@ -177,14 +177,14 @@ class ResViTGenerator(Generator):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        M, widths = cfg.num_modalities, list(cfg.channels)
+        M, widths, rc = cfg.num_modalities, list(cfg.resvit.channels), cfg.resvit
         down = len(widths) - 1
         bottleneck_size = cfg.image_size // 2**down
         grid = bottleneck_size // 2**TRANSFORMER_DOWNSAMPLING
-        if cfg.transformer_blocks and (grid < 1 or bottleneck_size % 2**TRANSFORMER_DOWNSAMPLING):
+        if rc.transformer_blocks and (grid < 1 or bottleneck_size % 2**TRANSFORMER_DOWNSAMPLING):
             raise ConfigError(
                 f"resvit: the bottleneck ({bottleneck_size}x{bottleneck_size} after {down} downsamplings) must be "
-                f"divisible by {2**TRANSFORMER_DOWNSAMPLING} for the transformer branch; use fewer model.channels "
+                f"divisible by {2**TRANSFORMER_DOWNSAMPLING} for the transformer branch; use fewer model.resvit.channels "
                 "stages or a larger model.image_size"
             )
         self.encoder = nn.Sequential(
@@ -193,12 +193,12 @@ class ResViTGenerator(Generator):
             ),
             *[_conv_bn_relu(widths[s], widths[s + 1], 3, stride=2) for s in range(down)],
         )
-        self.transformer = TransformerEncoder(cfg.transformer_dim, cfg.transformer_layers, cfg.transformer_heads)
-        with_transformer = set(cfg.transformer_blocks)
+        self.transformer = TransformerEncoder(rc.transformer_dim, rc.transformer_layers, rc.transformer_heads)
+        with_transformer = set(rc.transformer_blocks)
         self.art = nn.Sequential(
             *[
-                ARTBlock(widths[-1], grid, cfg.transformer_dim, self.transformer if b in with_transformer else None)
-                for b in range(cfg.art_blocks)
+                ARTBlock(widths[-1], grid, rc.transformer_dim, self.transformer if b in with_transformer else None)
+                for b in range(rc.art_blocks)
             ]
         )
         self.decoder = nn.Sequential(

@@ -2,14 +2,16 @@
 
 A run folder holds::
 
-    config.yaml                      resolved ExperimentConfig
+    config.yaml                      the resolved config (ExperimentConfig, or UHVEDConfig for U-HVED)
     checkpoints/last.safetensors     generator weights + metadata (format, step, config) - for inference
     checkpoints/best.safetensors     the same, at the best validation score
     checkpoints/last_state.pt        full training state (optimizers, schedulers, discriminators,
                                      GAN memories, RNG states, history), loaded with weights_only=True
 
 Generator files are safetensors (no pickle); the training state is a ``torch.save`` dict of tensors
-and plain Python values, read back with ``torch.load(..., weights_only=True)``.
+and plain Python values, read back with ``torch.load(..., weights_only=True)``. The metadata's
+``family`` says which config the file embeds: ``mmhvae`` (every 2D generator; files without the key)
+or ``uhved`` (U-HVED / U-HeMIS, :mod:`mmhvae.models.uhved`). Both families use this one writer.
 """
 
 from __future__ import annotations
@@ -31,13 +33,28 @@ FORMAT_VERSION = "1"
 from mmhvae.errors import CheckpointError, CheckpointNotFoundError  # noqa: E402,F401 - the project errors
 
 
-def save_generator(path: Path, model: nn.Module, config: ExperimentConfig, step: int, **extra: Any) -> None:
+FAMILIES = {"mmhvae": "an mmhvae generator", "uhved": "a U-HVED"}
+
+
+def _config_class(family: str) -> type:
+    """The config dataclass a checkpoint of ``family`` embeds (any class with ``from_dict``)."""
+    if family == "uhved":
+        from mmhvae.models.uhved import UHVEDConfig
+
+        return UHVEDConfig
+    return ExperimentConfig
+
+
+def save_generator(path: Path, model: nn.Module, config: Any, step: int, **extra: Any) -> None:
+    """Weights + metadata (format, family, step, ``config.to_yaml()``), atomically; ``config`` is an
+    :class:`ExperimentConfig` or any family config with ``to_yaml`` and a ``family`` attribute."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "family": getattr(config, "family", "mmhvae"),
         "step": str(step),
         "config": config.to_yaml(),
         "extra": json.dumps(extra, default=str),
@@ -70,8 +87,8 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
 
 
-def read_generator(path: str | Path) -> tuple[dict[str, torch.Tensor], ExperimentConfig, dict[str, str]]:
-    """Weights, resolved config and metadata of a generator checkpoint, with clear errors."""
+def read_generator(path: str | Path, family: str = "mmhvae") -> tuple[dict[str, torch.Tensor], Any, dict[str, str]]:
+    """Weights, resolved config and metadata of a generator checkpoint of ``family``, with clear errors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -81,15 +98,17 @@ def read_generator(path: str | Path) -> tuple[dict[str, torch.Tensor], Experimen
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
-    if metadata.get("format") != FORMAT:
+    found = metadata.get("family", "mmhvae") if metadata.get("format") == FORMAT else None
+    if found != family:
+        of = f"; it holds {FAMILIES[found]} model" if found in FAMILIES else ""
         raise CheckpointError(
-            f"{path}: not an mmhvae generator checkpoint (format={metadata.get('format')!r}); "
-            "expected a file written by `mmhvae train`"
+            f"{path}: not {FAMILIES[family]} checkpoint (format={metadata.get('format')!r}{of}); "
+            f"expected a file written by `mmhvae train`{' --method uhved' if family == 'uhved' else ''}"
         )
     try:
         import yaml
 
-        config = ExperimentConfig.from_dict(yaml.safe_load(metadata["config"]))
+        config = _config_class(family).from_dict(yaml.safe_load(metadata["config"]))
     except (KeyError, ConfigError, Exception) as exc:  # noqa: BLE001 - report any config problem by file
         raise CheckpointError(f"{path}: the embedded config is invalid ({exc})") from None
     return state, config, metadata
@@ -137,13 +156,30 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     model = build_model(config.model)
     check_weights(file, state, model)
     model.load_state_dict(state)
-    try:
-        step = int(metadata.get("step", 0))
-    except ValueError:
-        raise CheckpointError(f"{file}: invalid step {metadata.get('step')!r} in the metadata") from None
+    step = _step(file, metadata)
     # NHWC weights make oneDNN / cuDNN pick their fast convolution kernels (2-5x on CPU).
     network = model.to(device).to(memory_format=torch.channels_last).eval()
     return TrainedModel(network, config, step, file)
+
+
+def _step(file: Path, metadata: dict[str, str]) -> int:
+    try:
+        return int(metadata.get("step", 0))
+    except ValueError:
+        raise CheckpointError(f"{file}: invalid step {metadata.get('step')!r} in the metadata") from None
+
+
+def load_uhved(path: str | Path, device: str | torch.device = "cpu"):
+    """A U-HVED / U-HeMIS checkpoint (run folder or ``.safetensors``) -> ``(network in eval mode, its
+    UHVEDConfig, step)``; the same checks as :func:`load_trained` (family, weights fit, finite)."""
+    from mmhvae.models.uhved import UHVED
+
+    file = resolve_checkpoint(path)
+    state, config, metadata = read_generator(file, family="uhved")
+    model = UHVED.from_config(config)
+    check_weights(file, state, model)
+    model.load_state_dict(state)
+    return model.to(device).eval(), config, _step(file, metadata)
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -175,6 +211,23 @@ def load_state(path: Path) -> dict[str, Any]:
 def latest_state(run_dir: Path) -> Optional[Path]:
     p = Path(run_dir) / "checkpoints" / "last_state.pt"
     return p if p.is_file() else None
+
+
+def resume_state(run_dir: Path, config_class: type, model_config: Any) -> Optional[dict[str, Any]]:
+    """The training state to resume ``run_dir`` from (None when it has none), read weights-only;
+    refused when the run's model config (``config_class`` of its ``config_yaml``) is not ``model_config``."""
+    import yaml
+
+    path = latest_state(run_dir)
+    if path is None:
+        return None
+    state = load_state(path)
+    saved = config_class.from_dict(yaml.safe_load(state["config_yaml"]))
+    if saved.model != model_config:
+        raise CheckpointError(
+            f"{path}: the run was started with a different model config; resume with the run's config.yaml"
+        )
+    return state
 
 
 # --------------------------------------------------------------------------------------------------

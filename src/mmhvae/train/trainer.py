@@ -6,7 +6,6 @@ else (data, checkpoints, validation, logging, distribution) sits outside it.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -35,6 +34,7 @@ from mmhvae.train.gan import (
 )
 from mmhvae.train.losses import kl_per_pixel, reconstruction_loss
 from mmhvae.train.objectives import build_objective
+from mmhvae.train.run_log import RunLogger
 
 
 def selection_rule(tc) -> str:
@@ -365,17 +365,9 @@ class Trainer:
         ckpt.save_state(d / "last_state.pt", self.state_dict())
 
     def resume(self) -> bool:
-        path = ckpt.latest_state(self.run_dir)
-        if path is None:
+        state = ckpt.resume_state(self.run_dir, ExperimentConfig, self.cfg.model)
+        if state is None:
             return False
-        state = ckpt.load_state(path)
-        import yaml
-
-        saved = ExperimentConfig.from_dict(yaml.safe_load(state["config_yaml"]))
-        if saved.model != self.cfg.model:
-            raise ckpt.CheckpointError(
-                f"{path}: the run was started with a different model config; resume with the run's config.yaml"
-            )
         self.load_state_dict(state)
         return True
 
@@ -384,7 +376,7 @@ class Trainer:
         tc = self.cfg.train
         run_dir = self.run_dir
         # Rows logged after the checkpoint we resume from are dropped: one row per step and key.
-        logger = _RunLogger(run_dir, enabled=self.dist.is_main, resume_step=self.step)
+        logger = RunLogger(run_dir, enabled=self.dist.is_main, resume_step=self.step)
         if self.dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.save(run_dir / "config.yaml")
@@ -428,43 +420,6 @@ class Trainer:
         d = run_dir / "checkpoints"
         best_path = d / "best.safetensors"
         return TrainResult(run_dir, best_path if best_path.exists() else d / "last.safetensors", d / "last.safetensors", self.history)
-
-
-class _RunLogger:
-    """CSV + TensorBoard scalars, written by the main process only."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
-        self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.csv"
-        self.writer = None
-        if enabled:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            ckpt.truncate_log(self.path, resume_step)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                # purge_step drops the events a killed run logged after its last checkpoint.
-                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step or None)
-            except ImportError:  # tensorboard is optional at run time; CSV is always written
-                self.writer = None
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as fh:
-            w = csv.writer(fh)
-            if new:
-                w.writerow(["step", "key", "value"])
-            for k, v in values.items():
-                w.writerow([step, k, f"{v:.6g}"])
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:

@@ -216,12 +216,12 @@ def test_metrics_have_one_row_per_step_and_no_temporary_file_survives_a_kill(pha
 
 def test_uhved_resume_is_strict_and_logs_each_step_once(tmp_path, monkeypatch, capsys):
     from mmhvae.data.phantom import make_cohort
-    from mmhvae.train.uhved_trainer import UHVEDTrainer
+    from mmhvae.train.uhved import UHVEDTrainer
 
     cohort = make_cohort(tmp_path / "cohort", subjects=3, seed=3, shape=(24, 24, 16), missingness="complete",
                          workers=1)
     run = tmp_path / "run"
-    args = ["uhved", "train", "--cohort", str(cohort), "--out", str(run), "--config", "tiny", "--split", "all",
+    args = ["uhved", "train", "--cohort", str(cohort), "--out", str(run), "--config", "uhved-tiny", "--split", "all",
             "--no-progress", "train.steps=5", "train.checkpoint_every=2", "train.log_every=1"]
     original = UHVEDTrainer.step
     killed = {"done": False}
@@ -241,6 +241,6 @@ def test_uhved_resume_is_strict_and_logs_each_step_once(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert "data.cohort" in err and "--cohort" in err
     assert main([*args, "--resume"]) == 0
-    with open(run / "log.csv", newline="") as fh:
-        steps = [int(r["step"]) for r in csv.DictReader(fh)]
-    assert steps == [1, 2, 3, 4, 5]
+    counts = _metric_rows(run)  # the shared run logger: metrics.csv, each (step, key) once
+    assert {s for s, _ in counts} == {1, 2, 3, 4, 5}
+    assert set(counts.values()) == {1}, [k for k, v in counts.items() if v > 1]

@@ -114,10 +114,22 @@ def test_train_refuses_bad_numbers_in_the_config(override, message, tmp_path, ca
 
 
 def test_uhved_train_refuses_zero_steps(tmp_path, capsys):
-    rc = main(["train", "--method", "uhved", "--config", "tiny", "--cohort", str(tmp_path),
+    rc = main(["train", "--method", "uhved", "--config", "uhved-tiny", "--cohort", str(tmp_path),
                "--out", str(tmp_path / "run"), "train.steps=0"])
     assert rc == 1
     _one_error_line(capsys.readouterr().err, "train.steps must be >= 1")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "uhved", "--config", "small"], "'small': an MMHVAE preset, not a U-HVED one; choose one of uhved-tiny"),
+    (["--method", "uhemis", "--config", "tiny"], "'tiny': an MMHVAE preset, not a U-HVED one; choose one of uhved-tiny"),
+    (["--config", "uhved-tiny"], "--config uhved-tiny is a U-HVED preset: add --method uhved"),
+])
+def test_train_refuses_a_preset_of_the_other_family(args, message, tmp_path, capsys):
+    rc = main(["train", *args, "--cohort", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert rc == 1
+    _one_error_line(capsys.readouterr().err, message)
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ def test_train_method_uhved_then_segment_keeps_the_input_geometry(cohort, tmp_pa
     torch.set_num_threads(1)
     run = tmp_path / "run"
     # The cohort's split may leave few training subjects at this size: train on all of them.
-    rc = main(["train", "--method", "uhved", "--config", "tiny", "--cohort", str(cohort), "--out", str(run),
+    rc = main(["train", "--method", "uhved", "--config", "uhved-tiny", "--cohort", str(cohort), "--out", str(run),
                "--no-progress", "train.steps=2"])
-    assert rc == 0 and (run / "model.safetensors").is_file()
+    assert rc == 0 and (run / "checkpoints" / "last.safetensors").is_file()
     assert "method: uhved" in (run / "config.yaml").read_text()
     t2 = cohort.parent / "phantom000" / "phantom000-t2.nii.gz"
     out = tmp_path / "seg"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -9,31 +11,22 @@ import torch
 from mmhvae.config import ConfigError
 from mmhvae.models.uhved import UHVED, UHVEDConfig, sliding_window_predict, uhved_preset
 from mmhvae.subsets import all_subsets
-from mmhvae.train.uhved_trainer import (
+from mmhvae.checkpoint import load_uhved as load_checkpoint
+from mmhvae.checkpoint import save_generator
+from mmhvae.train.uhved import (
     Case,
     PatchBatch,
     PatchSampler,
     UHVEDTrainer,
     labels_to_classes,
-    load_checkpoint,
     region_dice,
-    save_checkpoint,
     soft_dice_loss,
     uhved_loss,
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """3D convolutions on tiny volumes: extra intra-op threads only spin when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(method: str = "uhved") -> UHVEDConfig:
-    cfg = uhved_preset("tiny")
+    cfg = uhved_preset("uhved-tiny")
     cfg.model.method = method
     return cfg.validate()
 
@@ -158,12 +151,12 @@ def test_input_errors_are_clear():
 def test_config_yaml_round_trip_and_overrides(tmp_path):
     import yaml
 
-    for name in ("tiny", "cpu", "paper"):
+    for name in ("uhved-tiny", "uhved-cpu", "uhved-paper"):
         cfg = uhved_preset(name)
         again = UHVEDConfig.from_dict(yaml.safe_load(cfg.to_yaml()))
         assert again == cfg
     path = tmp_path / "c.yaml"
-    path.write_text(uhved_preset("tiny").to_yaml())
+    path.write_text(uhved_preset("uhved-tiny").to_yaml())
     cfg = UHVEDConfig.load(path).with_overrides(["model.method=uhemis", "train.patch_size=[32,32,16]"])
     assert cfg.model.method == "uhemis" and cfg.train.patch_size == [32, 32, 16]
     with pytest.raises(ConfigError, match="divisible"):
@@ -176,6 +169,9 @@ def test_config_yaml_round_trip_and_overrides(tmp_path):
         cfg.with_overrides(["eval.regions={whole: [7]}"])
     with pytest.raises(ConfigError, match="unknown U-HVED preset"):
         uhved_preset("huge")
+    for mmhvae_name in ("paper", "small", "tiny", "real-cpu"):  # the other family's presets are refused
+        with pytest.raises(ConfigError, match="an MMHVAE preset, not a U-HVED one; choose one of uhved-tiny"):
+            uhved_preset(mmhvae_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +327,8 @@ def test_sampled_inference_is_reproducible_and_averages_draws():
 def test_checkpoint_round_trip_and_foreign_files(tmp_path):
     model = make_model()
     cfg = tiny()
-    path = save_checkpoint(tmp_path / "run", model, cfg, step=7)
+    path = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    save_generator(path, model, cfg, step=7)
     loaded, cfg2, step = load_checkpoint(tmp_path / "run")
     assert step == 7 and cfg2 == cfg
     images, observed = every_subset_batch()
@@ -339,7 +336,6 @@ def test_checkpoint_round_trip_and_foreign_files(tmp_path):
     a, b = model(images, observed, temperature=0.0), loaded(images, observed, temperature=0.0)
     torch.testing.assert_close(a.seg_logits, b.seg_logits)
     torch.testing.assert_close(a.images, b.images)
-    assert (tmp_path / "run" / "config.yaml").exists() and path.name == "model.safetensors"
 
     from safetensors.torch import save_file
 
@@ -347,7 +343,7 @@ def test_checkpoint_round_trip_and_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="not a U-HVED checkpoint"):
         load_checkpoint(tmp_path / "foreign.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x80\x04not a checkpoint")
-    with pytest.raises(ValueError, match="not a safetensors checkpoint"):
+    with pytest.raises(ValueError, match="not a readable safetensors checkpoint"):
         load_checkpoint(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing")
@@ -365,12 +361,39 @@ def test_fit_checkpoints_and_resumes(tmp_path):
     assert trainer.start_step == 2 and len(trainer.optimizer.state) > 0
     trainer.fit(progress=False, log=lambda s: None)
     assert load_checkpoint(tmp_path / "run")[2] == 3
-    lines = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("step,loss") and [ln.split(",")[0] for ln in lines[1:]] == ["1", "2", "3"]
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows if r["key"] == "loss"] == [1, 2, 3]
+    assert {r["key"] for r in rows} >= {"loss", "dice", "ce", "mse", "kl", "lr"}
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "checkpoints" / "last_state.pt").is_file()
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    """N steps straight = N/2 steps, a checkpoint and a fresh process-like trainer for the other N/2:
+    the same weights bit for bit (global, sampler and subset RNGs, optimizer and step restored)."""
+    cfg = tiny()
+    cfg.train.steps, cfg.train.checkpoint_every, cfg.train.log_every = 4, 2, 1
+    cfg.train.warmup_steps, cfg.train.kl_warmup_fraction = 1, 0.5
+    cases = [synthetic_case("a"), synthetic_case("b", available=(True, False, True), seed=2, labelled=False)]
+    full = UHVEDTrainer(cfg, cases, tmp_path / "full")
+    full.fit(progress=False, log=lambda s: None)
+    part = UHVEDTrainer(cfg, cases, tmp_path / "part")
+    for step in range(2):  # two steps, a checkpoint, then the trainer is thrown away (as a crash would)
+        part.step(step)
+    part.save(2)
+    torch.manual_seed(123)  # whatever the process did meanwhile does not matter
+    resumed = UHVEDTrainer(cfg, cases, tmp_path / "part", resume=True)
+    assert resumed.start_step == 2
+    resumed.fit(progress=False, log=lambda s: None)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    straight, again = load_checkpoint(tmp_path / "full")[0], load_checkpoint(tmp_path / "part")[0]
+    for (k, a), b in zip(straight.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_learning_rate_schedules_and_kl_warmup():
-    from mmhvae.train.uhved_trainer import kl_warmup, learning_rate
+    from mmhvae.train.uhved import kl_warmup, learning_rate
 
     cfg = tiny().train
     cfg.steps, cfg.warmup_steps, cfg.lr, cfg.lr_min = 100, 10, 1e-3, 1e-5

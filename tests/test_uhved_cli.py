@@ -12,15 +12,7 @@ import torch
 
 from mmhvae.cli import main
 from mmhvae.models.uhved import UHVED, uhved_preset
-from mmhvae.train.uhved_trainer import save_checkpoint
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from mmhvae.checkpoint import save_generator
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +26,15 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("uhved_run")
-    rc = main(["uhved", "train", "--cohort", str(cohort), "--out", str(out), "--config", "tiny",
+    rc = main(["uhved", "train", "--cohort", str(cohort), "--out", str(out), "--config", "uhved-tiny",
                "--split", "all", "--no-progress", "train.steps=2"])
     assert rc == 0
     return out
 
 
 def test_train_writes_a_reproducible_run_folder(run_dir):
-    for name in ("model.safetensors", "config.yaml", "optimizer.safetensors", "trainer_state.json", "log.csv"):
+    # The shared run folder: config.yaml, checkpoints/ (generator + weights-only training state), metrics.csv.
+    for name in ("config.yaml", "checkpoints/last.safetensors", "checkpoints/last_state.pt", "metrics.csv"):
         assert (run_dir / name).is_file(), name
     assert "data:" in (run_dir / "config.yaml").read_text()
 
@@ -110,9 +103,9 @@ def test_real_case_crop_inference(real_data_dir, tmp_path):
         paths[modality] = tmp_path / f"{modality}.nii.gz"
         nib.save(img, paths[modality])
     ref = nib.load(paths["t2"])
-    cfg = uhved_preset("tiny")
+    cfg = uhved_preset("uhved-tiny")
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "run", UHVED.from_config(cfg), cfg, step=0)
+    save_generator(tmp_path / "run" / "checkpoints" / "last.safetensors", UHVED.from_config(cfg), cfg, step=0)
     out = tmp_path / "pred"
     args = ["uhved", "predict", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "eval.window=[32,32,32]"]
     for m in ("t2", "flair"):

@@ -14,19 +14,11 @@ import torch
 
 from mmhvae.models.uhved import UHVED, uhved_preset
 from mmhvae.nn.gaussian import DiagonalGaussian
-from mmhvae.train.uhved_trainer import Case, PatchBatch, UHVEDTrainer, uhved_loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from mmhvae.train.uhved import Case, PatchBatch, UHVEDTrainer, uhved_loss
 
 
 def tiny_cfg(**train):
-    cfg = uhved_preset("tiny")
+    cfg = uhved_preset("uhved-tiny")
     cfg.train.grad_clip = 0.0  # no clipping: gradients are compared exactly
     cfg.train.amp = "fp32"
     for k, v in train.items():

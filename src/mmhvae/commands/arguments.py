@@ -46,3 +46,12 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str = "existing outputs
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K [auto]")
+
+
+def add_verb_group(subparsers, name: str, doc: str, help: str):
+    """A verb with actions (``mmhvae <name> <action>``): its parser shows ``doc`` and prints its help
+    when no action is given. Returns the actions' subparsers."""
+    parser = subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", metavar="<action>")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    return actions

@@ -1,4 +1,8 @@
-"""``mmhvae train``: Algorithm 1 on a cohort, resumable, single process or torchrun/DDP."""
+"""``mmhvae train``: Algorithm 1 on a cohort, resumable, single process or torchrun/DDP.
+
+``--method uhved|uhemis`` trains the 3D U-HVED family (its presets: uhved-tiny, uhved-cpu,
+uhved-paper) with the same run folder, checkpoints, logger and exact resume.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", default=None,
-                   help="preset name (paper, small, tiny) or a YAML file [small; with --resume: the run's]")
+                   help="preset name (paper, small, tiny, real-cpu; with --method uhved/uhemis: uhved-tiny, "
+                   "uhved-cpu, uhved-paper) or a YAML file [small / uhved-cpu; with --resume: the run's]")
     p.add_argument("--cohort", help="manifest CSV or cohort folder (sets data.cohort)")
     p.add_argument("--out", required=True, help="run folder: config.yaml, checkpoints/, metrics.csv, tensorboard/")
     p.add_argument("--method", help="model family or ablation (mmhvae, mvae, mopoe, mhvae, mmgan, resvit, "
@@ -72,17 +77,7 @@ def resolve_config(args: argparse.Namespace):
             f"not with --method {args.method}; drop --method or train into a new --out"
         )
     given = _fresh_config(args, base=saved)
-    keys = _override_keys(list(args.overrides or []))
-
-    def source(key: str) -> str:
-        if key in keys:
-            return f"override {key}"
-        if key == "data.cohort" and args.cohort:
-            return "--cohort"
-        if args.config:
-            return f"--config {args.config}" + (f" --method {args.method}" if args.method else "")
-        return f"--method {args.method}" if args.method else "the command line"
-
+    source = _source(args, _override_keys(list(args.overrides or [])))
     changed = check_resume_config(Path(args.out), saved.to_dict(), given.to_dict(), source)
     for key, old, new in changed:
         if key != "name":
@@ -97,19 +92,85 @@ def resolve_config(args: argparse.Namespace):
 UHVED_METHODS = ("uhved", "uhemis")
 
 
-def _run_uhved(args: argparse.Namespace) -> int:
-    """``--method uhved|uhemis``: the 3D patch trainer of U-HVED (same as ``mmhvae uhved train``)."""
-    from mmhvae.commands.uhved import run_train
-    from mmhvae.errors import UserError
+def _source(args: argparse.Namespace, keys: set[str]):
+    """``source(key)``: where the command line's value of a setting came from (for resume refusals)."""
 
-    if not args.cohort:
-        raise UserError("--cohort is required with --method uhved")
-    ns = argparse.Namespace(
-        cohort=args.cohort, out=args.out, config=args.config, split="train", resume=args.resume,
-        no_progress=args.no_progress, overrides=[*args.overrides, f"model.method={args.method}"],
-        strict=args.strict,
-    )
-    return run_train(ns)
+    def source(key: str) -> str:
+        if key in keys:
+            return f"override {key}"
+        if key == "data.cohort" and args.cohort:
+            return "--cohort"
+        if key == "model.method" and args.method:
+            return f"--method {args.method}"
+        if args.config:
+            return f"--config {args.config}" + (f" --method {args.method}" if args.method else "")
+        return f"--method {args.method}" if args.method else "the command line"
+
+    return source
+
+
+def uhved_config(args: argparse.Namespace):
+    """The U-HVED config of this command line (``--config``, ``--method``, ``--cohort``, overrides); a
+    resumed run keeps its own settings and refuses different ones."""
+    from pathlib import Path
+
+    from mmhvae.checkpoint import check_resume_config
+    from mmhvae.models.uhved import UHVEDConfig, resolve_uhved_config
+
+    overrides = list(args.overrides or [])
+    if args.method:
+        overrides.append(f"model.method={args.method}")
+    if args.cohort:
+        overrides.append(f"data.cohort={Path(args.cohort).expanduser().resolve()}")
+    run_cfg = Path(args.out) / "config.yaml"
+    if not (args.resume and run_cfg.is_file()):
+        return resolve_uhved_config(args.config, overrides)
+    saved = UHVEDConfig.load(run_cfg)
+    cfg = resolve_uhved_config(args.config, overrides) if args.config else saved.with_overrides(overrides)
+    source = _source(args, _override_keys(list(args.overrides or [])))
+    check_resume_config(Path(args.out), saved.to_dict(), cfg.to_dict(), source)
+    cfg.name = saved.name
+    return cfg
+
+
+def _check_cohort(cohort: str, modalities, aliases, strict: bool) -> None:
+    """Warnings about the cohort (files matching no modality, empty folders) before any work; strict refuses."""
+    from mmhvae.data.cohort import Cohort
+    from mmhvae.errors import ConfigError
+
+    if not cohort:
+        raise ConfigError("no cohort: pass --cohort (a manifest CSV or a cohort folder) or set data.cohort")
+    Cohort.load(cohort, modalities=modalities, aliases=aliases or None, strict=strict)
+
+
+def run_uhved(args: argparse.Namespace) -> int:
+    """``--method uhved|uhemis`` (and ``mmhvae uhved train``): the 3D patch trainer on the shared stack."""
+    import warnings
+    from pathlib import Path
+
+    from mmhvae.data.cohort import CohortWarning
+    from mmhvae.errors import check_device
+    from mmhvae.train.uhved import train_uhved
+
+    cfg = uhved_config(args)
+    check_device(cfg.train.device)
+    _check_cohort(cfg.data.cohort, cfg.model.modalities, cfg.data.modality_aliases, getattr(args, "strict", False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CohortWarning)  # shown once above
+        train_uhved(cfg, Path(args.out), split=getattr(args, "split", "train"), resume=args.resume,
+                    progress=not args.no_progress)
+    return 0
+
+
+def _refuse_uhved_preset(config) -> None:
+    from mmhvae.config import PRESETS, ConfigError
+    from mmhvae.models.uhved import UHVED_PRESETS
+
+    if config in UHVED_PRESETS:
+        raise ConfigError(
+            f"--config {config} is a U-HVED preset: add --method uhved (or uhemis), or choose an MMHVAE "
+            f"preset: {', '.join(PRESETS)}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,20 +179,17 @@ def run(args: argparse.Namespace) -> int:
     from mmhvae.train.trainer import train
 
     if args.method in UHVED_METHODS:
-        return _run_uhved(args)
+        return run_uhved(args)
+    _refuse_uhved_preset(args.config)
 
     import warnings
 
-    from mmhvae.data.cohort import Cohort, CohortWarning
-    from mmhvae.errors import ConfigError, check_device
+    from mmhvae.data.cohort import CohortWarning
+    from mmhvae.errors import check_device
 
     cfg = resolve_config(args)
     check_device(cfg.train.device)
-    if not cfg.data.cohort:
-        raise ConfigError("no cohort: pass --cohort (a manifest CSV or a cohort folder) or set data.cohort")
-    # Warnings about the cohort (files matching no modality, empty folders) before any work; --strict refuses.
-    Cohort.load(cfg.data.cohort, modalities=cfg.model.modalities, aliases=cfg.data.modality_aliases or None,
-                strict=args.strict)
+    _check_cohort(cfg.data.cohort, cfg.model.modalities, cfg.data.modality_aliases, args.strict)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CohortWarning)  # shown once above
         result = train(cfg, Path(args.out), resume=args.resume, progress=not args.no_progress)

@@ -1,9 +1,11 @@
 """``mmhvae uhved``: train, apply and evaluate U-HVED / U-HeMIS (DESIGN §4, seed ``uhved_miccai2019``).
 
-    mmhvae uhved train    --cohort COHORT --out RUN [--config cpu|tiny|paper|file.yaml] [key=value ...]
+    mmhvae uhved train    --cohort COHORT --out RUN [--config uhved-cpu|uhved-tiny|uhved-paper|file.yaml] [key=value ...]
     mmhvae uhved predict  --checkpoint RUN --input t2=t2.nii.gz --input flair=flair.nii.gz --out DIR
     mmhvae uhved evaluate --checkpoint RUN --cohort COHORT --split test --out DIR
 
+``train`` is ``mmhvae train --method uhved`` (one code path: :func:`mmhvae.commands.train.run`;
+``model.method`` comes from the config, ``uhved`` unless overridden).
 ``predict`` writes ``seg.nii.gz`` (label values of ``model.seg_labels``) and, for U-HVED, one
 ``<modality>.nii.gz`` per model modality (observed ones reconstructed, missing ones synthesized, in
 harmonized intensity units; ``harmonization.json`` holds the per-input parameters), all with the
@@ -22,19 +24,17 @@ SPLITS = ("train", "val", "test", "all")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "uhved",
-        help="U-HVED: 3D tumour segmentation and modality completion from any subset (MICCAI 2019)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = parser.add_subparsers(dest="action", metavar="<action>")
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    from mmhvae.commands.arguments import add_verb_group
 
-    train = actions.add_parser("train", help="train on a cohort (random 3D patches)")
+    actions = add_verb_group(
+        subparsers, "uhved", __doc__,
+        help="U-HVED: 3D tumour segmentation and modality completion from any subset (MICCAI 2019)",
+    )
+    train = actions.add_parser("train", help="train on a cohort (random 3D patches); = mmhvae train --method uhved")
     train.add_argument("--cohort", required=True, help="cohort manifest CSV or folder")
-    train.add_argument("--out", required=True, help="run folder (checkpoints, config.yaml, log.csv)")
-    train.add_argument("--config", default=None, help="preset (tiny, cpu, paper) or YAML file; default: cpu")
+    train.add_argument("--out", required=True, help="run folder (config.yaml, checkpoints/, metrics.csv)")
+    train.add_argument("--config", default=None,
+                       help="preset (uhved-tiny, uhved-cpu, uhved-paper) or YAML file; default: uhved-cpu")
     train.add_argument("--split", default="train", choices=SPLITS, help="cohort split (default: train)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the checkpoint in --out (different settings are refused)")
@@ -44,27 +44,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. train.steps=500 model.method=uhemis"
     )
-    train.set_defaults(func=run_train)
+    train.set_defaults(func=run_train, method=None)
 
     predict = actions.add_parser("predict", help="segment and complete one subject (sliding window)")
-    predict.add_argument("--checkpoint", required=True, help="run folder or its model.safetensors")
-    predict.add_argument(
-        "--input", action="append", required=True, metavar="MODALITY=PATH",
-        help="an observed modality, repeatable: --input t2=t2.nii.gz --input flair=flair.nii.gz",
-    )
-    predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument("--brain-mask", default=None, help="optional brain mask NIfTI for harmonization")
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
-    predict.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="eval.* overrides, e.g. eval.window=[96,96,96]"
-    )
+    add_predict_arguments(predict)
     predict.set_defaults(func=run_predict)
 
     evaluate = actions.add_parser(
         "evaluate", help="Dice per input subset (seed Table 1) + completion PSNR/SSIM"
     )
-    evaluate.add_argument("--checkpoint", required=True, help="run folder or its model.safetensors")
+    evaluate.add_argument("--checkpoint", required=True, help="run folder or its .safetensors checkpoint")
     evaluate.add_argument("--cohort", required=True, help="cohort manifest CSV or folder")
     evaluate.add_argument("--split", default="test", choices=SPLITS, help="cohort split (default: test)")
     evaluate.add_argument("--out", required=True, help="output folder for the tables")
@@ -74,50 +63,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=run_evaluate)
 
 
-# --------------------------------------------------------------------------------------------------
-# train
-# --------------------------------------------------------------------------------------------------
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``uhved predict`` and ``segment``: checkpoint, inputs, output folder, device."""
+    parser.add_argument("--checkpoint", required=True, help="U-HVED run folder or its .safetensors checkpoint")
+    parser.add_argument(
+        "--input", action="append", required=True, metavar="MODALITY=PATH",
+        help="an observed modality, repeatable: --input t2=t2.nii.gz --input flair=flair.nii.gz",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--brain-mask", default=None, help="optional brain mask NIfTI for harmonization")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="eval.* overrides, e.g. eval.window=[96,96,96]"
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import warnings
+    """``mmhvae uhved train``: the U-HVED side of ``mmhvae train`` (``model.method`` from the config)."""
+    from mmhvae.commands.train import run_uhved
 
-    from mmhvae.data.cohort import Cohort, CohortWarning
-    from mmhvae.errors import check_device
-    from mmhvae.models.uhved import UHVEDConfig, resolve_uhved_config
-    from mmhvae.checkpoint import check_resume_config
-    from mmhvae.train.uhved_trainer import UHVEDTrainer, load_cases
-
-    overrides = [*args.overrides, f"data.cohort={Path(args.cohort).expanduser().resolve()}"]
-    saved_file = Path(args.out) / "config.yaml"
-    if args.resume and saved_file.is_file():
-        # A resumed run keeps its own settings; a different --config / --cohort / data setting is refused.
-        saved = UHVEDConfig.load(saved_file)
-        cfg = resolve_uhved_config(args.config, overrides) if args.config else saved.with_overrides(overrides)
-        keys = {o.split("=", 1)[0].strip() for o in args.overrides if "=" in o}
-
-        def source(key: str) -> str:
-            if key == "model.method":
-                return "--method"
-            if key in keys:
-                return f"override {key}"
-            return "--cohort" if key == "data.cohort" else f"--config {args.config}"
-
-        check_resume_config(Path(args.out), saved.to_dict(), cfg.to_dict(), source)
-        cfg.name = saved.name
-    else:
-        cfg = resolve_uhved_config(args.config, overrides)
-    check_device(cfg.train.device)
-    Cohort.load(args.cohort, modalities=cfg.model.modalities, aliases=cfg.data.modality_aliases,
-                strict=getattr(args, "strict", False))  # warnings (files matching no modality) before any work
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CohortWarning)  # shown once above
-        cases = load_cases(args.cohort, args.split, cfg)
-    labelled = sum(c.seg is not None for c in cases)
-    print(f"{len(cases)} training subjects ({labelled} with a segmentation); method {cfg.model.method}")
-    trainer = UHVEDTrainer(cfg, cases, args.out, resume=args.resume)
-    trainer.fit(progress=not args.no_progress)
-    return 0
+    return run_uhved(args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,7 +124,7 @@ def _eval_overrides(cfg, overrides: Sequence[str]):
 def run_predict(args: argparse.Namespace) -> int:
     from mmhvae.errors import check_device
     from mmhvae.outputs import OutputFolder
-    from mmhvae.train.uhved_trainer import load_checkpoint
+    from mmhvae.checkpoint import load_uhved
 
     device = check_device(args.device)
     given = [Path(item.split("=", 1)[1].strip()) for item in args.input if "=" in item]
@@ -167,7 +133,7 @@ def run_predict(args: argparse.Namespace) -> int:
     out = OutputFolder(args.out, overwrite=getattr(args, "overwrite", False), protect=given)
     out.open()
     try:
-        model, cfg, _ = load_checkpoint(args.checkpoint, device=device)
+        model, cfg, _ = load_uhved(args.checkpoint, device=device)
         cfg = _eval_overrides(cfg, args.overrides)
         names = ["seg.nii.gz", "harmonization.json"]
         names += [f"{m}.nii.gz" for m in cfg.model.modalities] if cfg.model.method == "uhved" else []
@@ -180,25 +146,18 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace, model, cfg, out: Path) -> None:
-    """Segment and complete the inputs into the (staging) folder ``out``."""
-    import json
-
+def _read_inputs(args: argparse.Namespace, cfg):
+    """The ``--input`` volumes (one grid: shapes equal, affines within ``data.affine_tolerance``) and
+    the optional brain mask -> a :class:`~mmhvae.data.cohort.SubjectVolumes` and the reference image."""
     import nibabel as nib
     import numpy as np
-    import torch
 
-    from mmhvae.atomic import atomic_write_text
     from mmhvae.data.cohort import SubjectVolumes
-    from mmhvae.data.harmonize import harmonize_subject
     from mmhvae.errors import InputDataError
-    from mmhvae.models.uhved import sliding_window_predict
 
-    mods = cfg.model.modalities
-    inputs = parse_inputs(args.input, mods)
     ref = None
     volumes: dict[str, np.ndarray] = {}
-    for name, path in inputs.items():
+    for name, path in parse_inputs(args.input, cfg.model.modalities).items():
         if not path.exists():
             raise InputDataError(f"--input {name}={path}: file not found")
         img = nib.load(str(path))
@@ -206,10 +165,10 @@ def _predict(args: argparse.Namespace, model, cfg, out: Path) -> None:
             raise InputDataError(f"--input {name}={path}: expected a 3D volume, got shape {img.shape}")
         if ref is None:
             ref = img
-        elif img.shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=1e-3):
+        elif img.shape != ref.shape or np.abs(img.affine - ref.affine).max() > cfg.data.affine_tolerance:
             raise InputDataError(
                 f"--input {name}={path}: shape {img.shape} / affine differ from the first input "
-                f"{ref.shape}; resample all inputs to one grid first"
+                f"{ref.shape} (data.affine_tolerance={cfg.data.affine_tolerance}); resample all inputs to one grid first"
             )
         volumes[name] = np.asarray(img.dataobj, dtype=np.float32)
     brain = None
@@ -217,12 +176,26 @@ def _predict(args: argparse.Namespace, model, cfg, out: Path) -> None:
         brain = np.asarray(nib.load(args.brain_mask).dataobj) > 0
         if brain.shape != ref.shape:
             raise InputDataError(f"--brain-mask: shape {brain.shape} differs from the inputs {ref.shape}")
+    subject = SubjectVolumes(name="input", images=volumes, affine=ref.affine, header=ref.header, brain_mask=brain)
+    return subject, ref
+
+
+def _predict(args: argparse.Namespace, model, cfg, out: Path) -> None:
+    """Segment and complete the inputs into the (staging) folder ``out``."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from mmhvae.atomic import atomic_write_text
+    from mmhvae.data.harmonize import harmonize_subject
+    from mmhvae.models.uhved import sliding_window_predict
+
+    mods = cfg.model.modalities
+    subject, ref = _read_inputs(args, cfg)
     # One subject's harmonization, so FLAIR can borrow the white matter found on T2 (DESIGN §3).
-    harmonized, params = harmonize_subject(
-        SubjectVolumes(name="input", images=volumes, affine=ref.affine, header=ref.header, brain_mask=brain),
-        cfg.data,
-    )
-    del volumes
+    harmonized, params = harmonize_subject(subject, cfg.data)
+    del subject
     images = np.zeros((1, len(mods), *ref.shape), dtype=np.float32)
     observed = np.zeros((1, len(mods)), dtype=bool)
     for j, m in enumerate(mods):
@@ -240,10 +213,10 @@ def _predict(args: argparse.Namespace, model, cfg, out: Path) -> None:
         for j, m in enumerate(mods):
             write_like(ref, decoded[0, j].numpy().astype(np.float32), out / f"{m}.nii.gz")
     # Outputs are in harmonized units; these parameters map an observed modality back to scanner units.
+    inputs = {m: str(v) for m, v in parse_inputs(args.input, mods).items()}
     atomic_write_text(
         out / "harmonization.json",
-        json.dumps({m: p.to_dict() for m, p in params.items()} | {"inputs": {m: str(v) for m, v in inputs.items()}},
-                   indent=1),
+        json.dumps({m: p.to_dict() for m, p in params.items()} | {"inputs": inputs}, indent=1),
     )
 
 
@@ -276,14 +249,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mmhvae.atomic import atomic_write_text
     from mmhvae.errors import check_device
     from mmhvae.outputs import OutputFolder
-    from mmhvae.train.uhved_trainer import evaluate_cases, load_cases, load_checkpoint
+    from mmhvae.checkpoint import load_uhved
+    from mmhvae.train.uhved import evaluate_cases, load_cases
 
     device = check_device(args.device)
     # All or nothing: the tables are written beside --out and moved in together.
     with OutputFolder(args.out, overwrite=getattr(args, "overwrite", False)) as folder:
         folder.expect(["per_subject.csv", "dice_table.md", "dice_table.csv", "summary.json"])
         out = folder.staging
-        model, cfg, step = load_checkpoint(args.checkpoint, device=device)
+        model, cfg, step = load_uhved(args.checkpoint, device=device)
         cfg = _eval_overrides(cfg, args.overrides)
         cases = load_cases(args.cohort, args.split, cfg)
         t0 = time.time()

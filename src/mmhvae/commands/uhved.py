@@ -4,7 +4,7 @@
     mmhvae uhved predict  --checkpoint RUN --input t2=t2.nii.gz --input flair=flair.nii.gz --out DIR
     mmhvae uhved evaluate --checkpoint RUN --cohort COHORT --split test --out DIR
 
-``train`` is ``mmhvae train --method uhved`` (one code path: :func:`mmhvae.commands.train.run`;
+``train`` is ``mmhvae train --method uhved`` (one code path: :func:`mmhvae.commands.train.run_uhved`;
 ``model.method`` comes from the config, ``uhved`` unless overridden).
 ``predict`` writes ``seg.nii.gz`` (label values of ``model.seg_labels``) and, for U-HVED, one
 ``<modality>.nii.gz`` per model modality (observed ones reconstructed, missing ones synthesized, in

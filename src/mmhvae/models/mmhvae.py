@@ -11,17 +11,47 @@ sample, so it costs nothing and receives no gradient, and whatever its image slo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
-from mmhvae.models.protocol import Generator, MMHVAEOutput, check_forward_inputs
+from mmhvae.models.protocol import Generator, check_forward_inputs
 from mmhvae.nn.cells import DecoderCell, EncoderCell, downsample, group_norm, image_head, upsample
 from mmhvae.nn.fusion import build_fusion
 from mmhvae.nn.gaussian import DiagonalGaussian
+
+
+@dataclass
+class MMHVAEOutput:
+    """What one forward pass returns.
+
+    reconstructions: ``(B, M, H, W)`` decoded images of every modality.
+    kl: per latent level, finest first, ``(B,)`` analytic KL summed over the level's elements.
+    latents: per latent level, finest first, the sampled z_l (``(B, C_l, h_l, w_l)`` or ``(B, D)``).
+    posteriors: per level, the fused posterior q(z_l | x_r', z_>l).
+    """
+
+    reconstructions: Tensor
+    kl: list[Tensor]
+    latents: list[Tensor]
+    posteriors: list[DiagonalGaussian] = field(default_factory=list)
+
+    @property
+    def kl_total(self) -> Tensor:
+        """``(B,)`` sum of the KL over all levels."""
+        return torch.stack(self.kl, dim=0).sum(dim=0)
+
+    def rows(self, start: int, stop: int) -> "MMHVAEOutput":
+        """The output of rows ``start:stop`` (views)."""
+        return MMHVAEOutput(
+            self.reconstructions[start:stop],
+            [k[start:stop] for k in self.kl],
+            [z[start:stop] for z in self.latents],
+            [DiagonalGaussian(q.mu[start:stop], q.logvar[start:stop]) for q in self.posteriors],
+        )
 
 
 @dataclass

@@ -7,44 +7,12 @@ that MMHVAE and the baselines refuse bad inputs with the same messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
-from mmhvae.nn.gaussian import DiagonalGaussian
-
-
-@dataclass
-class MMHVAEOutput:
-    """What one forward pass returns.
-
-    reconstructions: ``(B, M, H, W)`` decoded images of every modality.
-    kl: per latent level, finest first, ``(B,)`` analytic KL summed over the level's elements.
-    latents: per latent level, finest first, the sampled z_l (``(B, C_l, h_l, w_l)`` or ``(B, D)``).
-    posteriors: per level, the fused posterior q(z_l | x_r', z_>l).
-    """
-
-    reconstructions: Tensor
-    kl: list[Tensor]
-    latents: list[Tensor]
-    posteriors: list[DiagonalGaussian] = field(default_factory=list)
-
-    @property
-    def kl_total(self) -> Tensor:
-        """``(B,)`` sum of the KL over all levels."""
-        return torch.stack(self.kl, dim=0).sum(dim=0)
-
-    def rows(self, start: int, stop: int) -> "MMHVAEOutput":
-        """The output of rows ``start:stop`` (views)."""
-        return MMHVAEOutput(
-            self.reconstructions[start:stop],
-            [k[start:stop] for k in self.kl],
-            [z[start:stop] for z in self.latents],
-            [DiagonalGaussian(q.mu[start:stop], q.logvar[start:stop]) for q in self.posteriors],
-        )
 
 
 def check_forward_inputs(cfg: ModelConfig, images: Tensor, observed: Tensor, available: Optional[Tensor]) -> None:
@@ -249,32 +217,3 @@ class Generator(nn.Module):
         """
         return synthesize_named(self, images, temperature, targets)
 
-
-
-class ImputingGenerator(Generator):
-    """A deterministic generator on zero-imputed inputs (MM-GAN, ResViT): subclasses implement
-    ``translate(x (B, M, H, W)) -> (reconstructions (B, M, H, W), bottleneck features)``."""
-
-    def translate(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def forward(
-        self,
-        images: Tensor,
-        observed: Tensor,
-        temperature: float = 1.0,
-        available: Optional[Tensor] = None,
-    ) -> MMHVAEOutput:
-        """Zero-impute the unobserved slots and synthesize every modality.
-
-        Args:
-            images: ``(B, M, H, W)``; slots of unobserved modalities are ignored.
-            observed: r' ``(B, M)`` bool.
-            temperature: unused (deterministic generator), kept for the protocol.
-            available: r ``(B, M)`` bool, only checked.
-        Returns:
-            reconstructions ``(B, M, H, W)``, ``kl=[]``, ``latents=[bottleneck features (B, C, h, h)]``.
-        """
-        check_forward_inputs(self.cfg, images, observed, available)
-        reconstructions, features = self.translate(zero_impute(images, observed))
-        return MMHVAEOutput(reconstructions, [], [features])

@@ -116,3 +116,31 @@ def test_real_case_crop_inference(real_data_dir, tmp_path):
         assert img.shape == ref.shape == (80, 80, 48)
         np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
     assert np.isfinite(np.asarray(nib.load(out / "cet1.nii.gz").dataobj)).all()
+
+
+def test_train_method_uhved_resume_is_bit_identical(cohort, tmp_path, monkeypatch):
+    """``mmhvae train --method uhved ... --resume`` after a crash gives the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from mmhvae.train.uhved import UHVEDTrainer
+
+    def args(out):
+        return ["train", "--method", "uhved", "--config", "uhved-tiny", "--cohort", str(cohort), "--out", str(out),
+                "--no-progress", "train.steps=4", "train.checkpoint_every=2"]
+
+    assert main(args(tmp_path / "full")) == 0
+    original = UHVEDTrainer.step
+
+    def crash_at_step_3(self, step, batch=None):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(self, step, batch)
+
+    monkeypatch.setattr(UHVEDTrainer, "step", crash_at_step_3)
+    assert main(args(tmp_path / "part")) == 130  # killed after the checkpoint of step 2
+    monkeypatch.setattr(UHVEDTrainer, "step", original)
+    assert main([*args(tmp_path / "part"), "--resume"]) == 0
+    full = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
+    resumed = load_file(str(tmp_path / "part" / "checkpoints" / "last.safetensors"))
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)

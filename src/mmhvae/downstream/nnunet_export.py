@@ -159,30 +159,61 @@ def export_nnunet(
     written all-or-nothing: into a staging folder beside ``out`` that replaces ``out`` only once every
     case is written and the dataset validated; an existing ``out`` is replaced only with ``overwrite``.
     """
-    from mmhvae.data.nifti import write_labels, write_volume
-    from mmhvae.errors import OutputError
     from mmhvae.outputs import OutputFolder
 
     if load is None:
         from mmhvae.data.cohort import load_subject as load
     out = Path(out)
-    check_dataset_name(out)
     channels = list(channels)
     synthetic = list(synthetic)
+    label_names, remap = _check_export(out, channels, synthetic, labels, overwrite)
+    # Plan every case before writing anything, so that a refusal leaves no half-written dataset.
+    summary = ExportSummary(path=out, channels=channels)
+    plans = _plan_cases(subjects, channels, synthetic, test_splits, synthesize, summary)
+
+    with OutputFolder(out, overwrite=overwrite, replace=True) as folder:
+        staged = folder.staging  # named like ``out``: dataset.json takes its name from the folder
+        cases: dict[str, dict] = {}
+        for plan in plans:
+            volumes = load(plan.subject)
+            images = _case_images(plan, volumes, synthesize)
+            cases[plan.subject.name] = _write_case(staged, plan, volumes, images, channels, remap, summary, log)
+
+        _write_metadata(staged, channels, label_names, summary, description, {
+            "channels": channels, "synthetic_channels": synthetic,
+            "label_sources": {name: list(map(int, values)) for name, values in labels.items()},
+            "cases": cases, "skipped": summary.skipped, **dict(provenance or {}),
+        })
+        validate_nnunet_dataset(staged)
+    return summary
+
+
+def _check_export(
+    out: Path, channels: list[str], synthetic: list[str], labels: Mapping[str, Sequence[int]], overwrite: bool
+) -> tuple[dict[str, int], dict[int, int]]:
+    """Refuse a bad dataset name, channel list, label scheme or occupied ``out``; the label lookup."""
+    from mmhvae.errors import OutputError
+
+    check_dataset_name(out)
     if not channels or len(set(channels)) != len(channels):
         raise ValueError(f"channels must be distinct modality names, got {channels}")
     stray = [c for c in synthetic if c not in channels]
     if stray:
         raise ValueError(f"synthetic channels {stray} are not among the channels {channels}")
-    label_names, remap = label_lookup(labels)
+    lookup = label_lookup(labels)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         what = "an nnU-Net dataset" if (out / "dataset.json").exists() else "files"
         raise OutputError(
             f"{out}: already holds {what}; pass --overwrite to replace it or choose a new DatasetXXX_Name"
         )
+    return lookup
 
-    # Plan every case before writing anything, so that a refusal leaves no half-written dataset.
-    summary = ExportSummary(path=out, channels=channels)
+
+def _plan_cases(
+    subjects: Sequence, channels: list[str], synthetic: list[str], test_splits: Sequence[str],
+    synthesize: Optional[Synthesizer], summary: ExportSummary,
+) -> list["_CasePlan"]:
+    """The plan of every exported subject (the others go to ``summary.skipped``); refuses an impossible export."""
     plans = []
     for subject in subjects:
         plan = _plan_case(subject, channels, synthetic, test_splits)
@@ -201,37 +232,28 @@ def export_nnunet(
             "no training case to write (subjects need a segmentation and a split outside "
             f"{list(test_splits)}); skipped: {summary.skipped}"
         )
+    return plans
 
-    with OutputFolder(out, overwrite=overwrite, replace=True) as folder:
-        staged = folder.staging  # named like ``out``: dataset.json takes its name from the folder
-        cases: dict[str, dict] = {}
-        for plan in plans:
-            subject = plan.subject
-            volumes = load(subject)
-            images = _case_images(plan, volumes, synthesize)
-            part = "Ts" if plan.test else "Tr"
-            for index, c in enumerate(channels):
-                write_volume(staged / f"images{part}" / f"{subject.name}_{index:04d}{FILE_ENDING}",
-                             images[c], volumes.affine, volumes.header)
-            if volumes.seg is not None:
-                label = remap_labels(volumes.seg, remap, str(subject.seg))
-                write_labels(staged / f"labels{part}" / f"{subject.name}{FILE_ENDING}", label, volumes.affine)
-            (summary.test if plan.test else summary.training).append(subject.name)
-            origin = {c: ("synthetic" if c in plan.needed else "observed") for c in channels}
-            cases[subject.name] = {"part": f"images{part}", "channels": origin,
-                                   "synthesized_from": plan.inputs if plan.needed else []}
-            log(f"  {subject.name} -> images{part}: " + ", ".join(f"{c} {origin[c]}" for c in channels))
 
-        _write_metadata(staged, channels, label_names, summary, description, {
-            "channels": channels,
-            "synthetic_channels": synthetic,
-            "label_sources": {name: list(map(int, values)) for name, values in labels.items()},
-            "cases": cases,
-            "skipped": summary.skipped,
-            **dict(provenance or {}),
-        })
-        validate_nnunet_dataset(staged)
-    return summary
+def _write_case(
+    staged: Path, plan: "_CasePlan", volumes, images: dict[str, np.ndarray], channels: list[str],
+    remap: Mapping[int, int], summary: ExportSummary, log,
+) -> dict:
+    """Write one case's channels and label; its provenance record for ``mmhvae_export.json``."""
+    from mmhvae.data.nifti import write_labels, write_volume
+
+    subject = plan.subject
+    part = "Ts" if plan.test else "Tr"
+    for index, c in enumerate(channels):
+        write_volume(staged / f"images{part}" / f"{subject.name}_{index:04d}{FILE_ENDING}",
+                     images[c], volumes.affine, volumes.header)
+    if volumes.seg is not None:
+        label = remap_labels(volumes.seg, remap, str(subject.seg))
+        write_labels(staged / f"labels{part}" / f"{subject.name}{FILE_ENDING}", label, volumes.affine)
+    (summary.test if plan.test else summary.training).append(subject.name)
+    origin = {c: ("synthetic" if c in plan.needed else "observed") for c in channels}
+    log(f"  {subject.name} -> images{part}: " + ", ".join(f"{c} {origin[c]}" for c in channels))
+    return {"part": f"images{part}", "channels": origin, "synthesized_from": plan.inputs if plan.needed else []}
 
 
 @dataclass

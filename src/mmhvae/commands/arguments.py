@@ -19,23 +19,22 @@ def positive_int(text: str) -> int:
 
 def temperature(text: str) -> float:
     """A finite number >= 0 (tau: 0 = deterministic mean output)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = deterministic), got {text}")
-    return value
+    return _finite_number(text, ">= 0", "a finite number >= 0 (0 = deterministic)", lambda value: value >= 0)
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (data ranges, sizes)."""
+    return _finite_number(text, "> 0", "a finite number > 0", lambda value: value > 0)
+
+
+def _finite_number(text: str, bound: str, must: str, accept) -> float:
+    """``text`` as a finite float that ``accept`` takes; the messages say ``a number {bound}`` and ``must``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+    if not math.isfinite(value) or not accept(value):
+        raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
     return value
 
 

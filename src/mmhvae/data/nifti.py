@@ -97,8 +97,18 @@ def _header_for(array: np.ndarray, affine: np.ndarray, header: Optional[nib.Nift
     return image
 
 
-def _write(path: Path, image: nib.Nifti1Image, compresslevel: int) -> None:
-    data = image.to_bytes()
+def _three_d(path: str | Path, array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise NiftiError(f"{path}: expected a 3D array to write, got shape {array.shape}")
+    return array
+
+
+def _write(
+    path: Path, array: np.ndarray, affine: np.ndarray, header: Optional[nib.Nifti1Header], compresslevel: int
+) -> None:
+    """``array`` (already of its file data type) as NIfTI at ``path``, gzip-compressed for ``.gz``, atomically."""
+    data = _header_for(array, np.asarray(affine, dtype=np.float64), header).to_bytes()
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=compresslevel, mtime=0)
     elif not path.name.endswith(".nii"):
@@ -121,9 +131,7 @@ def write_volume(
     ``header`` (e.g. the input's, at inference) is copied with its data type and scaling reset, so
     geometry fields and descriptions carry over.
     """
-    array = np.asarray(array)
-    if array.ndim != 3:
-        raise NiftiError(f"{path}: expected a 3D array to write, got shape {array.shape}")
+    array = _three_d(path, array)
     dtype = np.dtype(dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
@@ -133,7 +141,7 @@ def write_volume(
         array = rounded.astype(dtype)
     else:
         array = array.astype(np.float32)
-    _write(Path(path), _header_for(array, np.asarray(affine, dtype=np.float64), header), compresslevel)
+    _write(Path(path), array, affine, header, compresslevel)
 
 
 def write_labels(
@@ -144,13 +152,10 @@ def write_labels(
     compresslevel: int = DEFAULT_COMPRESSLEVEL,
 ) -> None:
     """Write a label map or mask ``(X, Y, Z)`` as uint8 NIfTI, atomically (values must be 0..255)."""
-    array = np.asarray(array)
-    if array.ndim != 3:
-        raise NiftiError(f"{path}: expected a 3D array to write, got shape {array.shape}")
+    array = _three_d(path, array)
     if array.size and (array.min() < 0 or array.max() > 255):
         raise NiftiError(f"{path}: label values must lie in 0..255, got {array.min()}..{array.max()}")
-    labels = array.astype(np.uint8)
-    _write(Path(path), _header_for(labels, np.asarray(affine, dtype=np.float64), header), compresslevel)
+    _write(Path(path), array.astype(np.uint8), affine, header, compresslevel)
 
 
 __all__ = ["NiftiError", "read_volume", "read_labels", "write_volume", "write_labels"]

@@ -157,9 +157,16 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu"):
     check_weights(file, state, model)
     model.load_state_dict(state)
     step = _step(file, metadata)
-    # NHWC weights make oneDNN / cuDNN pick their fast convolution kernels (2-5x on CPU).
-    network = model.to(device).to(memory_format=torch.channels_last).eval()
+    network = model.to(device).to(memory_format=inference_memory_format(torch.device(device))).eval()
     return TrainedModel(network, config, step, file)
+
+
+def inference_memory_format(device: torch.device) -> torch.memory_format:
+    """The weights' layout for synthesis: NHWC on a GPU (tensor-core kernels), NCHW on a CPU, where NHWC
+    was no faster for synthesis and slower for training (benchmarks/execution.py, BENCHMARKS.md)."""
+    from mmhvae.runtime import default_plan
+
+    return default_plan("auto", "fp32", device).torch_memory_format
 
 
 def _step(file: Path, metadata: dict[str, str]) -> int:

@@ -95,7 +95,9 @@ def measure(
         raise ConfigError(f"inputs must be a non-empty subset of {cfg.modalities}, got {names}")
     dev = torch.device(device)
     torch.manual_seed(seed)
-    model = build_model(cfg).to(dev).to(memory_format=torch.channels_last).eval()  # as load_model does
+    from mmhvae.checkpoint import inference_memory_format
+
+    model = build_model(cfg).to(dev).to(memory_format=inference_memory_format(dev)).eval()  # as load_model does
     M, S = cfg.num_modalities, cfg.image_size
     given = torch.tensor([m in names for m in cfg.modalities], device=dev)
     one = torch.tensor([m == names[0] for m in cfg.modalities], device=dev)

@@ -276,8 +276,12 @@ class TrainConfig:
     mvae_random_subsets: int = 1
     val_subjects: int = 4
     log_every: int = 10
-    amp: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "bf16" | "fp32"
-    channels_last: bool = True  # NHWC memory layout: 2-5x faster convolutions on CPU (oneDNN) and tensor cores
+    # Execution (mmhvae.runtime), chosen by measurement where "auto": at the first step the trainer
+    # times each allowed plan on the first batch and keeps the fastest (recorded in the training state,
+    # kept on --resume; distributed runs take NHWC + bf16 on GPU, NCHW + fp32 on CPU without timing).
+    amp: str = "auto"  # "auto" (GPU: bf16; CPU with bf16 instructions: fp32 or bf16, the faster) | "bf16" | "fp32"
+    memory_format: str = "auto"  # "auto" (NCHW or NHWC, the faster) | "contiguous" (NCHW) | "channels_last" (NHWC)
+    compile: bool = False  # torch.compile the network's cells (falls back to eager where compilation fails)
     device: str = "auto"
 
 
@@ -286,6 +290,7 @@ OBJECTIVES = ("mixture", "mvae", "mopoe")
 
 
 AMP_MODES = ("auto", "bf16", "fp32")  # fp16 would need loss scaling, which the trainer does not do
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 
 def _check_numbers(train: "TrainConfig", evaluation: "EvalConfig") -> None:
@@ -305,6 +310,8 @@ def _check_numbers(train: "TrainConfig", evaluation: "EvalConfig") -> None:
     if train.amp not in AMP_MODES:
         hint = " (fp16 is not supported: use bf16, which needs no loss scaling)" if train.amp == "fp16" else ""
         raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {train.amp!r}{hint}")
+    if train.memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"train.memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {train.memory_format!r}")
     if not math.isfinite(evaluation.temperature) or evaluation.temperature < 0:
         raise ConfigError(f"eval.temperature must be a finite number >= 0, got {evaluation.temperature}")
     if evaluation.batch_size < 1:
@@ -515,6 +522,11 @@ def upgrade_dict(data: dict[str, Any]) -> dict[str, Any]:
     import copy
 
     data = copy.deepcopy(data)
+    train = data.get("train")
+    if isinstance(train, dict) and "channels_last" in train:  # a bool before issue 14
+        layout = "channels_last" if train.pop("channels_last") else "contiguous"
+        train.setdefault("memory_format", layout)
+        _warn_legacy(f"config key train.channels_last is now train.memory_format ({layout})")
     for dotted, why in REMOVED_KEYS.items():
         section, key = dotted.split(".")
         if isinstance(data.get(section), dict) and key in data[section]:
@@ -585,6 +597,7 @@ def _tiny() -> ExperimentConfig:
     cfg.train.gan.layers = 2
     cfg.train.gan.memory_size = 8
     cfg.train.gan.start_fraction = 0.5
+    cfg.train.memory_format, cfg.train.amp = "contiguous", "fp32"  # tests: one plan, no timing at the first step
     cfg.eval.temperature = 0.0
     cfg.eval.lpips = False
     return cfg

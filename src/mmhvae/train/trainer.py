@@ -23,6 +23,7 @@ from mmhvae.models import build_model
 from mmhvae.nn.discriminator import ModalityDiscriminators
 from mmhvae.subsets import SubsetPolicy, all_subsets
 from mmhvae import checkpoint as ckpt
+from mmhvae import runtime
 from mmhvae.train.batches import StepBatches, collate
 from mmhvae.train.distributed import DistributedContext
 from mmhvae.train.gan import (
@@ -70,14 +71,6 @@ def _build_optimizer(name: str, params, lr: float, weight_decay: float, betas=(0
     raise ValueError(f"unknown optimizer {name!r}; choose adamax, adam or adamw")
 
 
-def _autocast_dtype(cfg_amp: str, device: torch.device) -> Optional[torch.dtype]:
-    if cfg_amp == "fp32":
-        return None
-    if cfg_amp == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" else None  # "auto": bf16 on GPU, fp32 on CPU
-
-
 class Trainer:
     """Trains a generator (any registered method) and its per-modality discriminators."""
 
@@ -97,8 +90,13 @@ class Trainer:
         tc = cfg.train
         torch.manual_seed(tc.seed + self.dist.rank)
         self.model = build_model(cfg.model).to(self.device)
-        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-        self.model = self.model.to(memory_format=self.memory_format)
+        # The execution plan (memory layout, autocast precision): fixed by the config, or measured at
+        # the first step of fit() among the candidates (mmhvae.runtime); None until then.
+        self.plan: Optional[runtime.ExecutionPlan] = None
+        self.candidates = runtime.candidate_plans(tc.memory_format, tc.amp, self.device)
+        self._apply_plan(self.candidates[0] if len(self.candidates) == 1 else
+                         runtime.default_plan(tc.memory_format, tc.amp, self.device), chosen=False)
+        self.compiled = bool(tc.compile) and runtime.compile_cells(self.model) > 0
         self.discriminators = ModalityDiscriminators(cfg.model.num_modalities, tc.gan.channels, tc.gan.layers).to(
             self.device
         )
@@ -121,7 +119,6 @@ class Trainer:
             weights = pattern_balanced_weights(train_set)
         self.batches = StepBatches(train_set, tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size, weights)
         self.val_batch = self._fixed_validation_batch(val_set)
-        self.autocast_dtype = _autocast_dtype(tc.amp, self.device)
         self.step = 0
         self.best_score = -math.inf
         self.best_step = 0
@@ -336,6 +333,7 @@ class Trainer:
             "rng_subsets": self.subset_rng.get_state(),
             "history": self.history,
             "config_yaml": self.cfg.to_yaml(),
+            "execution": self.plan.to_dict() if self.plan is not None else {},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -354,6 +352,60 @@ class Trainer:
         self.best_score = float(state["best_score"])
         self.best_step = int(state.get("best_step", 0))
         self.history = list(state["history"])
+        if state.get("execution"):  # the plan the run was measured with (older states: decided again)
+            self._apply_plan(runtime.ExecutionPlan.from_dict(state["execution"]))
+
+    # ------------------------------------------------------------------------------------------------
+    def _apply_plan(self, plan: "runtime.ExecutionPlan", chosen: bool = True) -> None:
+        self.memory_format = plan.torch_memory_format
+        self.autocast_dtype = plan.autocast_dtype
+        self.model.to(memory_format=self.memory_format)
+        if chosen:
+            self.plan = plan
+
+    def choose_plan(self) -> "runtime.ExecutionPlan":
+        """Fix the execution plan before the first step: the only candidate, the device default for
+        distributed or compiled runs (ranks must agree; compiling every candidate would cost minutes),
+        else the fastest candidate timed on this run's first batch. Timing runs real training steps
+        and then restores the whole training state (weights, optimizers, memories, RNG), so the run is
+        the same as one started with the chosen plan fixed in the config."""
+        tc = self.cfg.train
+        if self.plan is not None:
+            return self.plan
+        if len(self.candidates) == 1:
+            plan = self.candidates[0]
+        elif self.dist.enabled or self.compiled:
+            plan = runtime.default_plan(tc.memory_format, tc.amp, self.device)
+        else:
+            import copy
+
+            snapshot = copy.deepcopy(self.state_dict())
+            batch = self.batches.batch(self.step)
+
+            def run(candidate: "runtime.ExecutionPlan") -> None:
+                self._apply_plan(candidate, chosen=False)
+                self.training_step(batch, self.step)
+
+            plan, times = runtime.choose_by_timing(self.candidates, run)
+            self.load_state_dict(snapshot)
+            if self.dist.is_main:
+                timed = ", ".join(f"{p.describe()} {t:.3g} s" for p, t in times.items())
+                print(f"execution plan: {plan.describe()} (timed one training step each: {timed})", flush=True)
+        self._apply_plan(plan)
+        return plan
+
+    def _step_or_fall_back(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """A training step; with compiled cells, a compilation failure turns them back to eager (once,
+        with a warning) and the step is run again."""
+        try:
+            return self.training_step(batch, self.step)
+        except Exception as exc:  # noqa: BLE001 - only torch.compile's own failures are caught
+            if not (self.compiled and runtime.is_compile_failure(exc)):
+                raise
+            runtime.warn_compile_fallback(exc)
+            runtime.uncompile(self.model)
+            self.compiled = False
+            return self.training_step(batch, self.step)
 
     def save(self, best: bool = False) -> None:
         if not self.dist.is_main:
@@ -385,11 +437,12 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=tc.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        t0, steps0 = time.perf_counter(), self.step
         try:
+            self.choose_plan()
+            t0, steps0 = time.perf_counter(), self.step
             while self.step < tc.steps:
                 batch = self.batches.batch(self.step)
-                logs = self.training_step(batch, self.step)
+                logs = self._step_or_fall_back(batch)
                 self.step += 1
                 rate = (self.step - steps0) / max(time.perf_counter() - t0, 1e-9)
                 logs["steps_per_s"] = rate

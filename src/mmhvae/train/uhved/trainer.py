@@ -24,11 +24,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from mmhvae import checkpoint as ckpt
+from mmhvae import runtime
 from mmhvae.errors import check_device
 from mmhvae.models.uhved import UHVED, UHVEDConfig
 from mmhvae.subsets import SubsetPolicy
 from mmhvae.train.run_log import RunLogger
-from mmhvae.train.trainer import _autocast_dtype
 from mmhvae.train.uhved.cases import Case, load_cases
 from mmhvae.train.uhved.losses import kl_warmup, learning_rate, uhved_loss
 from mmhvae.train.uhved.patches import PatchBatch, PatchSampler
@@ -51,7 +51,8 @@ class UHVEDTrainer:
         )
         self.policy = SubsetPolicy(cfg.model.modalities, policy=tc.subset_policy, weights=tc.subset_weights)
         self.generator = torch.Generator().manual_seed(tc.seed)  # r' ~ p(r' | r)
-        self.autocast_dtype = _autocast_dtype(tc.amp, self.device)
+        # 3D volumes: NCDHW, autocast as train.amp says (auto: bf16 on GPU, float32 on CPU; mmhvae.runtime).
+        self.autocast_dtype = runtime.default_plan("contiguous", tc.amp, self.device).autocast_dtype
         self.start_step = 0
         if resume and not self.resume():
             raise ckpt.CheckpointError(f"--resume: no training state in {self.out / 'checkpoints'} (nothing to "

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
+from mmhvae.commands.arguments import add_overwrite
 from mmhvae.errors import UserError
 
 
@@ -117,25 +119,53 @@ def _load_cohort(path: Path, modalities=None):
     return Cohort.load(path, modalities=modalities)
 
 
+def _verb(sub: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
+    """The parser of a verb (or action) that runs ``func``; ``func``'s docstring is its description."""
+    p = sub.add_parser(name, help=help, description=inspect.cleandoc(func.__doc__ or ""))
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_outputs(p: argparse.ArgumentParser, out_help: str = "output folder", what: str = "existing outputs") -> None:
+    p.add_argument("--out", type=Path, required=True, help=out_help)
+    add_overwrite(p, f"{what} in --out")
+
+
+def _cohort_and_model(args: argparse.Namespace):
+    """The cohort (on the model's modalities when ``--checkpoint`` is given) and the synthesizer or None."""
+    synthesize, modalities = (None, None)
+    if args.checkpoint is not None:
+        synthesize, modalities = _synthesizer(args, args.checkpoint)
+    return _load_cohort(args.cohort, modalities), synthesize
+
+
+def _require_modalities(flag: str, names, cohort, source) -> None:
+    """Refuse ``names`` (given with ``flag``) that are not modalities of the cohort read from ``source``."""
+    unknown = [m for m in names if m not in cohort.modalities]
+    if unknown:
+        raise UserError(f"{flag} {unknown} are not modalities of {source} ({cohort.modalities})")
+
+
+def _write_all(args: argparse.Namespace, files: dict) -> None:
+    """Every file of ``files`` (name -> ``write(path)``) into ``--out``, or none of them."""
+    from mmhvae.outputs import OutputFolder
+
+    with OutputFolder(args.out, overwrite=args.overwrite) as out:
+        out.expect(tuple(files))
+        for name, write in files.items():
+            write(out.staging / name)
+
+
 # --------------------------------------------------------------------------------------------------
 # export-nnunet
 # --------------------------------------------------------------------------------------------------
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export-nnunet",
-        help="write observed + synthesized channels as an nnU-Net v2 dataset",
-        description="Export a cohort as an nnU-Net v2 raw dataset (imagesTr/, labelsTr/, imagesTs/, dataset.json). "
-        "With --channels observed+synth (default) every model modality is a channel: the acquired image when "
-        "present, else its synthesis from the subject's observed modalities. With --synthetic-only us the only "
-        "channel is ultrasound synthesized from the other modalities (paper Table 6: train an ultrasound "
-        "segmenter from MR labels). The dataset is validated after writing.",
-    )
+    p = _verb(sub, "export-nnunet", run_export, help="write observed + synthesized channels as an nnU-Net v2 dataset")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="trained run folder or .safetensors (needed unless every channel is observed)")
     p.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV or folder")
-    p.add_argument("--out", type=Path, required=True, help="dataset folder, named DatasetXXX_Name")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--channels", default="observed+synth",
                       help="'observed+synth' (all model modalities) or a comma list such as us,t2 "
@@ -146,22 +176,24 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="regions: necrotic/oedema/enhancing (1/2/3, BraTS 4 -> 3); whole: one tumour class "
                    "(default regions)")
     p.add_argument("--test-split", default="test", help="cohort split written to imagesTs (default test)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    _add_outputs(p, "dataset folder, named DatasetXXX_Name", what="an existing dataset")
     _add_synthesis_options(p)
-    p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Export a cohort as an nnU-Net v2 raw dataset (imagesTr/, labelsTr/, imagesTs/, dataset.json).
+    With --channels observed+synth (default) every model modality is a channel: the acquired image when
+    present, else its synthesis from the subject's observed modalities. With --synthetic-only us the only
+    channel is ultrasound synthesized from the other modalities (paper Table 6: train an ultrasound
+    segmenter from MR labels). The dataset is validated after writing.
+    """
     from mmhvae.downstream.nnunet_export import TUMOUR_REGIONS, WHOLE_TUMOUR, check_dataset_name, export_nnunet
 
     from mmhvae.outputs import check_writable
 
     check_dataset_name(args.out)  # before loading a model: a wrong name is the cheapest error
     check_writable(args.out, overwrite=args.overwrite, replace=True)  # and before any synthesis
-    synthesize, modalities = (None, None)
-    if args.checkpoint is not None:
-        synthesize, modalities = _synthesizer(args, args.checkpoint)
-    cohort = _load_cohort(args.cohort, modalities)
+    cohort, synthesize = _cohort_and_model(args)
     if args.synthetic_only:
         channels = synthetic = list(args.synthetic_only)
         if synthesize is None:
@@ -169,9 +201,7 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         channels = list(cohort.modalities) if args.channels == "observed+synth" else _comma_list(args.channels)
         synthetic = []
-    unknown = [c for c in channels if c not in cohort.modalities]
-    if unknown:
-        raise UserError(f"channels {unknown} are not modalities of {args.cohort} ({cohort.modalities})")
+    _require_modalities("channels", channels, cohort, args.cohort)
     print(f"exporting {len(cohort.subjects)} subjects of {args.cohort} to {args.out} with channels {channels}"
           + (f" (always synthetic: {synthetic})" if synthetic else ""))
     summary = export_nnunet(
@@ -195,18 +225,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _add_register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "register",
-        help="rigid MR-to-ultrasound registration, directly or via a synthesized MR",
-        description="Rigid 6-DoF registration of --moving onto --fixed (SimpleITK Euler3D, ANTs neighbourhood "
-        "correlation, multi-resolution, regular-step gradient descent). With --via-synthesis the MR modality "
-        "--synth-modality is synthesized from the fixed image and the moving image is registered to it "
-        "(mono-modal). Writes OUT/transform.tfm (fixed-to-moving), OUT/moving_registered.nii.gz (on the fixed "
-        "grid) and OUT/registration.json.",
-    )
+    p = _verb(sub, "register", run_register, help="rigid MR-to-ultrasound registration, directly or via a synthesized MR")
     p.add_argument("--fixed", type=Path, required=True, help="fixed image, e.g. the intra-operative ultrasound")
     p.add_argument("--moving", type=Path, required=True, help="moving image, e.g. the pre-operative T2")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--via-synthesis", type=Path, default=None, metavar="CHECKPOINT",
                    help="register to the MR synthesized from the fixed image with this trained model")
     p.add_argument("--synth-modality", default=None, help="modality to synthesize (the moving image's), e.g. t2")
@@ -214,13 +235,18 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fixed-mask", default="fov",
                    help="metric region: fov (non-zero sector, for ultrasound), foreground (for MR), none, "
                    "or a mask file (default fov)")
+    _add_outputs(p)
     _add_registration_options(p)
     _add_synthesis_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    p.set_defaults(func=run_register)
 
 
 def run_register(args: argparse.Namespace) -> int:
+    """Rigid 6-DoF registration of --moving onto --fixed (SimpleITK Euler3D, ANTs neighbourhood
+    correlation, multi-resolution, regular-step gradient descent). With --via-synthesis the MR modality
+    --synth-modality is synthesized from the fixed image and the moving image is registered to it
+    (mono-modal). Writes OUT/transform.tfm (fixed-to-moving), OUT/moving_registered.nii.gz (on the fixed
+    grid) and OUT/registration.json.
+    """
     from mmhvae.downstream.registration import register_files
 
     from mmhvae.errors import InputDataError
@@ -257,19 +283,11 @@ REGISTRATION_OUTPUTS = ("transform.tfm", "moving_registered.nii.gz", "registrati
 
 
 def _add_registration_benchmark(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser(
-        "registration",
-        help="TRE of MR-to-ultrasound registration under simulated displacements (paper Table 5)",
-        description="For each subject of --split with an ultrasound and MR: displace each MR by random rigid "
-        "transforms whose median displacement over the brain lies in each range, register it back to the "
-        "acquired ultrasound and (with --checkpoint) to the MR synthesized from the ultrasound, and report the "
-        "target registration error over brain landmarks. Writes OUT/registration_tre.csv and "
-        "OUT/registration_table.md.",
-    )
+    p = _verb(actions, "registration", run_registration_benchmark,
+              help="TRE of MR-to-ultrasound registration under simulated displacements (paper Table 5)")
     p.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV or folder")
     p.add_argument("--checkpoint", type=Path, default=None, help="trained model: adds the via-synthesis rows")
     p.add_argument("--split", default="test", help="cohort split (train, val, test or all; default test)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--modalities", type=_comma_list, default=None,
                    help="moving MR modalities (default: every cohort modality but --fixed-modality)")
     p.add_argument("--fixed-modality", default="us", help="the ultrasound modality name (default us)")
@@ -281,33 +299,32 @@ def _add_registration_benchmark(actions: argparse._SubParsersAction) -> None:
                    help="also register to the undisplaced acquired MR (a perfect synthesis): the floor of the error")
     p.add_argument("--landmark-step", type=int, default=2,
                    help="TRE landmarks: every N-th brain voxel per axis (default 2)")
+    _add_outputs(p)
     _add_registration_options(p)
     _add_synthesis_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    p.set_defaults(func=run_registration_benchmark)
 
 
 def run_registration_benchmark(args: argparse.Namespace) -> int:
+    """For each subject of --split with an ultrasound and MR: displace each MR by random rigid
+    transforms whose median displacement over the brain lies in each range, register it back to the
+    acquired ultrasound and (with --checkpoint) to the MR synthesized from the ultrasound, and report the
+    target registration error over brain landmarks. Writes OUT/registration_tre.csv and
+    OUT/registration_table.md.
+    """
     from mmhvae.atomic import atomic_write_text
     from mmhvae.downstream.registration import benchmark_registration, parse_ranges, tre_table, write_tre_csv
 
-    from mmhvae.outputs import OutputFolder, check_writable
+    from mmhvae.outputs import check_writable
 
-    names = ("registration_tre.csv", "registration_table.md")
-    check_writable(args.out, overwrite=args.overwrite, names=names)  # before hours of registrations
+    check_writable(args.out, overwrite=args.overwrite, names=REGISTRATION_BENCHMARK_OUTPUTS)  # before hours of work
     ranges = parse_ranges(args.ranges)
-    synthesize, modalities = (None, None)
-    if args.checkpoint is not None:
-        synthesize, modalities = _synthesizer(args, args.checkpoint)
-    cohort = _load_cohort(args.cohort, modalities)
+    cohort, synthesize = _cohort_and_model(args)
     if args.fixed_modality not in cohort.modalities:
         raise UserError(
             f"--fixed-modality {args.fixed_modality!r} is not a modality of {args.cohort} ({cohort.modalities})"
         )
     moving = args.modalities or [m for m in cohort.modalities if m != args.fixed_modality]
-    unknown = [m for m in moving if m not in cohort.modalities]
-    if unknown:
-        raise UserError(f"--modalities {unknown} are not modalities of {args.cohort} ({cohort.modalities})")
+    _require_modalities("--modalities", moving, cohort, args.cohort)
     subjects = cohort.select(args.split)[: args.max_subjects]
     if not subjects:
         raise UserError(f"{args.cohort}: no subject in split {args.split!r}")
@@ -328,13 +345,14 @@ def run_registration_benchmark(args: argparse.Namespace) -> int:
         f"(radius {args.radius} voxels), shrink {args.shrink_factors}, sigmas {args.smoothing_sigmas} mm; TRE over "
         f"brain landmarks (a grid of one voxel in {args.landmark_step} per axis), mean (std) over registrations.\n\n"
     )
-    with OutputFolder(args.out, overwrite=args.overwrite) as out:  # both files or neither
-        out.expect(names)
-        write_tre_csv(rows, out.staging / "registration_tre.csv")
-        atomic_write_text(out.staging / "registration_table.md", header + table)
+    _write_all(args, {"registration_tre.csv": lambda path: write_tre_csv(rows, path),
+                      "registration_table.md": lambda path: atomic_write_text(path, header + table)})
     print(table)
     print(f"wrote {args.out / 'registration_tre.csv'} and {args.out / 'registration_table.md'}")
     return 0
+
+
+REGISTRATION_BENCHMARK_OUTPUTS = ("registration_tre.csv", "registration_table.md")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,17 +362,10 @@ def run_registration_benchmark(args: argparse.Namespace) -> int:
 
 def _add_segmentation_benchmark(actions: argparse._SubParsersAction) -> None:
     d = SEGMENTATION_DEFAULTS
-    p = actions.add_parser(
-        "segmentation",
-        help="U-Net trained on synthetic vs acquired ultrasound, tested on acquired (paper Table 6)",
-        description="Train a small MONAI 2D U-Net on ultrasound synthesized from the MR of the training subjects "
-        "(their MR tumour labels), and the same U-Net on their acquired ultrasound; test both on the acquired "
-        "ultrasound of the test subjects. Reports Dice and ASSD (MONAI), median [IQR]. Writes "
-        "OUT/segmentation_scores.csv and OUT/segmentation_table.md.",
-    )
+    p = _verb(actions, "segmentation", run_segmentation_benchmark,
+              help="U-Net trained on synthetic vs acquired ultrasound, tested on acquired (paper Table 6)")
     p.add_argument("--cohort", type=Path, required=True, help="cohort manifest CSV or folder")
     p.add_argument("--checkpoint", type=Path, required=True, help="trained model synthesizing the ultrasound")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--train-split", default="train", help="split to train on (default train)")
     p.add_argument("--test-split", default="test", help="split to test on (default test)")
     p.add_argument("--ultrasound", default="us", help="the ultrasound modality name (default us)")
@@ -367,12 +378,16 @@ def _add_segmentation_benchmark(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--sector-control", action="store_true",
                    help="also train on the ultrasound sector mask alone (no image): the score due to geometry")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    _add_outputs(p)
     _add_synthesis_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    p.set_defaults(func=run_segmentation_benchmark)
 
 
 def run_segmentation_benchmark(args: argparse.Namespace) -> int:
+    """Train a small MONAI 2D U-Net on ultrasound synthesized from the MR of the training subjects
+    (their MR tumour labels), and the same U-Net on their acquired ultrasound; test both on the acquired
+    ultrasound of the test subjects. Reports Dice and ASSD (MONAI), median [IQR]. Writes
+    OUT/segmentation_scores.csv and OUT/segmentation_table.md.
+    """
     import json
 
     import torch
@@ -386,10 +401,9 @@ def run_segmentation_benchmark(args: argparse.Namespace) -> int:
     )
 
     from mmhvae.errors import check_device
-    from mmhvae.outputs import OutputFolder, check_writable
+    from mmhvae.outputs import check_writable
 
-    names = ("segmentation_scores.csv", "segmentation_table.md", "segmentation_run.json")
-    check_writable(args.out, overwrite=args.overwrite, names=names)  # before hours of training
+    check_writable(args.out, overwrite=args.overwrite, names=SEGMENTATION_OUTPUTS)  # before hours of training
     if args.threads:
         torch.set_num_threads(args.threads)
     synthesize, modalities = _synthesizer(args, args.checkpoint)
@@ -413,17 +427,19 @@ def run_segmentation_benchmark(args: argparse.Namespace) -> int:
         f"seed {args.seed}; trained on {len(result.train_subjects)} subjects; Dice and ASSD in 3D inside the "
         f"ultrasound field of view, median [Q1 - Q3] over test subjects.\n\n"
     )
-    with OutputFolder(args.out, overwrite=args.overwrite) as out:  # every file or none
-        out.expect(names)
-        write_scores_csv(result, out.staging / "segmentation_scores.csv")
-        atomic_write_text(out.staging / "segmentation_table.md", header + table)
-        atomic_write_text(out.staging / "segmentation_run.json", json.dumps({
-            "train_subjects": result.train_subjects, "test_subjects": result.test_subjects,
-            "skipped": result.skipped, "training_seconds": result.seconds,
-            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
-        }, indent=2) + "\n")
+    run = json.dumps({
+        "train_subjects": result.train_subjects, "test_subjects": result.test_subjects,
+        "skipped": result.skipped, "training_seconds": result.seconds,
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
+    }, indent=2) + "\n"
+    _write_all(args, {"segmentation_scores.csv": lambda path: write_scores_csv(result, path),
+                      "segmentation_table.md": lambda path: atomic_write_text(path, header + table),
+                      "segmentation_run.json": lambda path: atomic_write_text(path, run)})
     print(table)
     for name, reason in result.skipped.items():
         print(f"  skipped {name}: {reason}")
     print(f"wrote {args.out / 'segmentation_scores.csv'} and {args.out / 'segmentation_table.md'}")
     return 0
+
+
+SEGMENTATION_OUTPUTS = ("segmentation_scores.csv", "segmentation_table.md", "segmentation_run.json")

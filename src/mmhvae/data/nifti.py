@@ -145,10 +145,7 @@ def write_volume(
 
 
 def write_labels(
-    path: str | Path,
-    array: np.ndarray,
-    affine: np.ndarray,
-    header: Optional[nib.Nifti1Header] = None,
+    path: str | Path, array: np.ndarray, affine: np.ndarray, header: Optional[nib.Nifti1Header] = None,
     compresslevel: int = DEFAULT_COMPRESSLEVEL,
 ) -> None:
     """Write a label map or mask ``(X, Y, Z)`` as uint8 NIfTI, atomically (values must be 0..255)."""

@@ -64,6 +64,35 @@ def test_synthesize_cli_keeps_geometry_and_writes_uncertainty(trained, cohort, t
     assert nib.load(out / "us_std.nii.gz").get_fdata().max() > 0  # samples differ at tau > 0
 
 
+def test_synthesize_compile_falls_back_to_eager_when_compilation_fails(trained, cohort, tmp_path, monkeypatch, capsys):
+    from mmhvae import runtime
+
+    class FakeDynamoError(RuntimeError):
+        pass
+
+    FakeDynamoError.__module__ = "torch._dynamo.exc"
+
+    def broken(network, units=None):
+        for module in network.modules():
+            if isinstance(module, runtime.compile_units()):
+                def fail(*args, **kwargs):
+                    raise FakeDynamoError("backend compiler failed")
+                module._compiled_call_impl = fail
+        return 1
+
+    t2 = cohort.parent / "phantom004" / "phantom004-t2.nii.gz"
+    assert main(["synthesize", "--checkpoint", str(trained), "--input", f"t2={t2}", "--out", str(tmp_path / "eager"),
+                 "--temperature", "0"]) == 0
+    monkeypatch.setattr(runtime, "compile_cells", broken)
+    capsys.readouterr()
+    assert main(["synthesize", "--checkpoint", str(trained), "--input", f"t2={t2}", "--out",
+                 str(tmp_path / "compiled"), "--temperature", "0", "--compile"]) == 0
+    assert "torch.compile failed" in capsys.readouterr().err  # told, then run eagerly
+    for name in ("us", "cet1"):
+        assert np.array_equal(nib.load(tmp_path / "eager" / f"{name}.nii.gz").get_fdata(),
+                              nib.load(tmp_path / "compiled" / f"{name}.nii.gz").get_fdata())
+
+
 def test_synthesize_volume_is_deterministic_at_temperature_zero(trained, cohort):
     from mmhvae.infer import load_model, synthesize_volume
 

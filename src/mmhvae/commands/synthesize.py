@@ -38,8 +38,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="white-matter mask on the inputs' grid (used with --acquired-range)")
     p.add_argument("--acquired-range", action="store_true",
                    help="map targets that were inputs back to their acquired intensity range [harmonized units]")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network's cells (pays off on large volumes / GPUs; eager if it fails)")
     add_overwrite(p, "existing output files")
     p.set_defaults(func=run)
+
+
+def synthesize_compiled(network, synthesize):
+    """``synthesize()`` with the network's cells compiled; on a torch.compile failure, eagerly again."""
+    from mmhvae import runtime
+
+    try:
+        runtime.compile_cells(network)
+        return synthesize()
+    except Exception as exc:  # noqa: BLE001 - only torch.compile's own failures are caught
+        if not runtime.is_compile_failure(exc) and "torch.compile" not in str(exc):
+            raise
+        runtime.warn_compile_fallback(exc)
+        runtime.uncompile(network)
+        return synthesize()
 
 
 def output_names(targets: list[str], samples: int) -> list[str]:
@@ -67,11 +84,14 @@ def run(args: argparse.Namespace) -> int:
         targets = list(args.targets) if args.targets else list(model.config.model.modalities)
         out.expect(output_names(targets, args.samples))
         tau = model.config.eval.temperature if args.temperature is None else args.temperature
-        results = synthesize_volume(
-            model, dict(args.input), targets=args.targets, temperature=tau, samples=args.samples,
-            batch_size=args.batch_size, seed=args.seed, progress=True,
-            brain_mask=args.mask, wm_mask=args.wm, acquired_range=args.acquired_range,
-        )
+        def synthesize():
+            return synthesize_volume(
+                model, dict(args.input), targets=args.targets, temperature=tau, samples=args.samples,
+                batch_size=args.batch_size, seed=args.seed, progress=True,
+                brain_mask=args.mask, wm_mask=args.wm, acquired_range=args.acquired_range,
+            )
+
+        results = synthesize_compiled(model.network, synthesize) if args.compile else synthesize()
         for name, img in results.items():
             write_volume(out.staging / f"{name}.nii.gz", img.get_fdata(dtype="float32"), img.affine, img.header)
     for path in out.committed:

@@ -143,69 +143,23 @@ def run_comparison(
             ``jobs * threads`` <= cores; one GPU is shared by all jobs).
         threads: torch threads per training process (default: torch's).
     """
-    from mmhvae.eval.runner import evaluate_checkpoints
-
-    import torch
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = base.train.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(base.train.device)
     configs = method_configs(base, methods)
     same_as = duplicate_methods(configs)
     for name, twin in same_as.items():
         log(f"[compare] {name} has the same configuration as {twin}: sharing its checkpoint and scores")
-    todo = [n for n in configs if n not in same_as]
-    checkpoints: dict[str, Path] = {}
-    seconds: dict[str, float] = {}
-    if jobs <= 1:
-        for name in todo:
-            run_dir = out_dir / "runs" / name
-            log(f"[compare] training {name} ({configs[name].train.steps} steps) -> {run_dir}")
-            best, secs = _train_one(configs[name], str(run_dir), threads, progress)
-            checkpoints[name], seconds[name] = Path(best), secs
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        log(f"[compare] training {len(todo)} methods, {jobs} at a time (progress: OUT/runs/<method>/metrics.csv)")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {
-                pool.submit(_train_one, configs[name], str(out_dir / "runs" / name), threads, False): name
-                for name in todo
-            }
-            for fut in as_completed(futures):
-                name = futures[fut]
-                best, secs = fut.result()
-                checkpoints[name], seconds[name] = Path(best), secs
-                log(f"[compare] {name} trained in {secs:.0f} s")
-        checkpoints = {n: checkpoints[n] for n in todo}  # method order, not completion order
-    scored = reusable_scores(out_dir / "eval", checkpoints)
-    if scored is not None and not figures:
-        log(f"[compare] reusing {out_dir / 'eval' / 'metrics.csv'} (newer than every checkpoint, same methods)")
-    else:
-        log(f"[compare] evaluating {len(checkpoints)} checkpoints on split {split!r}")
-        scored = [dict(r) for r in evaluate_checkpoints(
-            checkpoints, base.data.cohort, split, out_dir / "eval", base.eval,
-            figures=figures, progress=progress, device=device,
-        ).rows]
+    todo = {n: c for n, c in configs.items() if n not in same_as}
+    checkpoints, seconds = _train_all(todo, out_dir / "runs", jobs, threads, progress, log)
+    scored = _evaluate(checkpoints, base, out_dir / "eval", split, figures, progress, device, log)
     rows = list(scored)
     for name, twin in same_as.items():
         rows += [{**r, "method": name} for r in scored if r["method"] == twin]
         checkpoints[name] = checkpoints[twin]
         seconds[name] = 0.0
     checkpoints = {n: checkpoints[n] for n in configs}
-
-    compute_rows: list[dict[str, Any]] = []
-    if compute:
-        from mmhvae.compute import measure
-
-        for name, cfg in configs.items():
-            row = {"method": name, **measure(cfg.model, 1, None, device, warmup=1, repeats=3)}
-            row["levels"] = cfg.model.num_levels if cfg.model.method in ("mmhvae", "mopoe") else 0
-            compute_rows.append(row)
-
+    compute_rows = _compute_rows(configs, device) if compute else []
     curves = read_curves({n: out_dir / "runs" / same_as.get(n, n) for n in configs})
     if any(curves.values()):
         from mmhvae.eval.figures import training_curves
@@ -218,6 +172,69 @@ def run_comparison(
     md.write_text(text)
     (out_dir / "compute.json").write_text(json.dumps(compute_rows, indent=2))
     return ComparisonResult(out_dir, checkpoints, rows, compute_rows, md, seconds, same_as)
+
+
+def resolve_device(device: str) -> str:
+    """``train.device`` with ``auto`` resolved: CUDA when present, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _train_all(configs: Mapping[str, ExperimentConfig], runs: Path, jobs: int, threads: Optional[int],
+               progress: bool, log) -> tuple[dict[str, Path], dict[str, float]]:
+    """Train each method into ``runs/<method>`` (``jobs`` at once in processes); its best checkpoint
+    and training seconds per method, in the order of ``configs``."""
+    checkpoints: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    if jobs <= 1:
+        for name, cfg in configs.items():
+            run_dir = runs / name
+            log(f"[compare] training {name} ({cfg.train.steps} steps) -> {run_dir}")
+            best, secs = _train_one(cfg, str(run_dir), threads, progress)
+            checkpoints[name], seconds[name] = Path(best), secs
+        return checkpoints, seconds
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    log(f"[compare] training {len(configs)} methods, {jobs} at a time (progress: OUT/runs/<method>/metrics.csv)")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, cfg, str(runs / name), threads, False): name for name, cfg in configs.items()}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            best, secs = fut.result()
+            checkpoints[name], seconds[name] = Path(best), secs
+            log(f"[compare] {name} trained in {secs:.0f} s")
+    return {n: checkpoints[n] for n in configs}, seconds  # method order, not completion order
+
+
+def _evaluate(checkpoints: Mapping[str, Path], base: ExperimentConfig, eval_dir: Path, split: str, figures: bool,
+              progress: bool, device: str, log) -> list[dict[str, Any]]:
+    """The evaluator's rows for ``checkpoints`` (those of an earlier evaluation when still valid)."""
+    from mmhvae.eval.runner import evaluate_checkpoints
+
+    scored = reusable_scores(eval_dir, checkpoints)
+    if scored is not None and not figures:
+        log(f"[compare] reusing {eval_dir / 'metrics.csv'} (newer than every checkpoint, same methods)")
+        return scored
+    log(f"[compare] evaluating {len(checkpoints)} checkpoints on split {split!r}")
+    return [dict(r) for r in evaluate_checkpoints(
+        checkpoints, base.data.cohort, split, eval_dir, base.eval, figures=figures, progress=progress, device=device,
+    ).rows]
+
+
+def _compute_rows(configs: Mapping[str, ExperimentConfig], device: str) -> list[dict[str, Any]]:
+    """Parameters, MACs and latency of each method's generator (one slice), with its latent levels."""
+    from mmhvae.compute import measure
+
+    rows = []
+    for name, cfg in configs.items():
+        row = {"method": name, **measure(cfg.model, 1, None, device, warmup=1, repeats=3)}
+        row["levels"] = cfg.model.num_levels if cfg.model.method in ("mmhvae", "mopoe") else 0
+        rows.append(row)
+    return rows
 
 
 def reusable_scores(eval_dir: Path, checkpoints: Mapping[str, Path]) -> Optional[list[dict[str, Any]]]:

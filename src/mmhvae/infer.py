@@ -13,6 +13,7 @@ range instead (that harmonizes the input too, so it needs a white-matter estimat
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -108,64 +109,16 @@ def synthesize_volume(
         name -> float32 NIfTI with the inputs' shape, affine and header (harmonized units unless
         ``acquired_range``).
     """
-    from mmhvae.data.cohort import SubjectVolumes
-    from mmhvae.data.foreground import foreground_mask
-    from mmhvae.data.harmonize import harmonize_subject, invert_harmonization
-    from mmhvae.data.input_normalization import normalize_input_slices, normalize_input_volume
-    from mmhvae.data.frame import frame_of
-    from mmhvae.data.frame_slices import frame_slices
-    from mmhvae.models.protocol import check_temperature, default_temperature, synthesize_batched
+    from mmhvae.models.protocol import check_request, check_temperature, default_temperature, synthesize_batched
 
     model = load_model(model) if isinstance(model, (str, Path)) else as_trained(model)
-    cfg = model.config
-    modalities = list(model.cfg.modalities)
-    if not inputs:
-        raise ValueError(f"empty input subset: give at least one of {modalities}")
-    unknown = [m for m in inputs if m not in modalities]
-    if unknown:
-        raise ValueError(f"unknown modality {unknown}; this model knows {modalities}")
-    targets = list(targets) if targets else modalities
-    bad = [t for t in targets if t not in modalities]
-    if bad:
-        raise ValueError(f"unknown target modality {bad}; this model knows {modalities}")
+    targets = check_request(model.cfg.modalities, inputs, targets or None)
     if samples < 1 or batch_size < 1:
         raise ValueError(f"samples and batch size must be >= 1, got {samples} and {batch_size}")
     tau = check_temperature(default_temperature(model) if temperature is None else temperature)
-
-    tolerance = getattr(cfg.data, "affine_tolerance", 1e-3)
-    loaded = {m: _as_image(m, v) for m, v in inputs.items()}
-    _check_geometry(loaded, tolerance)
-    ref_img, source = next(iter(loaded.values()))
-    arrays_in = {m: np.asarray(img.dataobj, dtype=np.float32) for m, (img, _) in loaded.items()}
-    brain = _mask_array("brain mask", brain_mask, ref_img, tolerance)
-    if brain is None and getattr(cfg.data, "trained_with_masks", False):
-        warnings.warn(
-            "this model was trained with brain masks but none was given: inputs are scaled over their "
-            "non-background voxels instead; pass brain_mask (CLI: --mask) for outputs as in training",
-            stacklevel=2,
-        )
-    wm = _mask_array("white-matter mask", wm_mask, ref_img, tolerance)
-    own = {m: brain if brain is not None else foreground_mask(a) for m, a in arrays_in.items()}
-
-    # Into the model's frame (orientation, spacing, field of view on the foreground; tiles if wider).
-    frame = frame_of(cfg.data, model.cfg.image_size, ref_img.affine)
-    arrays: dict[str, np.ndarray] = {}
-    for m, volume in arrays_in.items():
-        arrays[f"{m}.input"] = normalize_input_volume(volume, cfg.data, own[m])
-        arrays[f"{m}.foreground"] = own[m]
-    sliced = frame_slices(arrays, ref_img.affine, frame, subject=source, foreground=brain,
-                          fit=getattr(cfg.data, "fit", "tile"), min_fraction=0.0)
-    stacks = {m: normalize_input_slices(sliced.stacks[f"{m}.input"], cfg.data, sliced.stacks[f"{m}.foreground"])
-              for m in arrays_in}
-    occupied = sliced.foreground.reshape(sliced.foreground.shape[0], -1).any(axis=1)
+    given = _read_inputs(model.config.data, inputs, brain_mask, wm_mask)
+    sliced, stacks, occupied = _frame_slices(model, given)
     keep = np.flatnonzero(occupied)  # tile slices with no foreground: nothing to synthesize
-
-    params = {}
-    if acquired_range and any(t in arrays_in for t in targets):
-        volumes = SubjectVolumes(name="input", images=arrays_in, affine=ref_img.affine, header=ref_img.header,
-                                 seg=None, brain_mask=brain, wm_mask=wm)
-        _, params = harmonize_subject(volumes, cfg.data)
-
     size = model.cfg.image_size
     draws = {t: np.zeros((samples, occupied.size, size, size), dtype=np.float32) for t in targets}
     if keep.size:
@@ -173,22 +126,97 @@ def synthesize_volume(
                                  samples, seed=seed, progress=progress)
         for t in targets:
             draws[t][:, keep] = out[t]
+    params = {}
+    if acquired_range and any(t in given.arrays for t in targets):
+        params = _harmonization(model.config.data, given)
+    return _on_input_grid(model.config.data, given, sliced, draws, params)
 
-    results: dict[str, nib.Nifti1Image] = {}
+
+@dataclass
+class _Inputs:
+    """The validated inputs of one synthesis call, on their own grid."""
+
+    reference: nib.spatialimages.SpatialImage  # the first input: grid, affine and header of the outputs
+    source: str
+    arrays: dict[str, np.ndarray]  # modality -> acquired volume (float32)
+    brain: Optional[np.ndarray]  # the given brain mask
+    wm: Optional[np.ndarray]  # the given white-matter mask
+    foreground: dict[str, np.ndarray]  # modality -> its foreground (the brain mask, else non-background)
+
+
+def _read_inputs(data_cfg, inputs: Mapping[str, ImageLike], brain_mask, wm_mask) -> _Inputs:
+    """Read and check the inputs and masks (one grid, finite, 3D); warn when a brain mask is expected."""
+    from mmhvae.data.foreground import foreground_mask
+
+    tolerance = getattr(data_cfg, "affine_tolerance", 1e-3)
+    loaded = {m: _as_image(m, v) for m, v in inputs.items()}
+    _check_geometry(loaded, tolerance)
+    ref_img, source = next(iter(loaded.values()))
+    arrays = {m: np.asarray(img.dataobj, dtype=np.float32) for m, (img, _) in loaded.items()}
+    brain = _mask_array("brain mask", brain_mask, ref_img, tolerance)
+    if brain is None and getattr(data_cfg, "trained_with_masks", False):
+        warnings.warn(
+            "this model was trained with brain masks but none was given: inputs are scaled over their "
+            "non-background voxels instead; pass brain_mask (CLI: --mask) for outputs as in training",
+            stacklevel=3,
+        )
+    wm = _mask_array("white-matter mask", wm_mask, ref_img, tolerance)
+    own = {m: brain if brain is not None else foreground_mask(a) for m, a in arrays.items()}
+    return _Inputs(ref_img, source, arrays, brain, wm, own)
+
+
+def _frame_slices(model: TrainedModel, given: _Inputs):
+    """Inputs scaled as in training, in the model's frame (orientation, spacing, field of view on the
+    foreground; tiles if wider): the frame slices, the input stacks and which slices hold foreground."""
+    from mmhvae.data.frame import frame_of
+    from mmhvae.data.frame_slices import frame_slices
+    from mmhvae.data.input_normalization import normalize_input_slices, normalize_input_volume
+
+    data_cfg = model.config.data
+    frame = frame_of(data_cfg, model.cfg.image_size, given.reference.affine)
+    arrays: dict[str, np.ndarray] = {}
+    for m, volume in given.arrays.items():
+        arrays[f"{m}.input"] = normalize_input_volume(volume, data_cfg, given.foreground[m])
+        arrays[f"{m}.foreground"] = given.foreground[m]
+    sliced = frame_slices(arrays, given.reference.affine, frame, subject=given.source, foreground=given.brain,
+                          fit=getattr(data_cfg, "fit", "tile"), min_fraction=0.0)
+    stacks = {m: normalize_input_slices(sliced.stacks[f"{m}.input"], data_cfg, sliced.stacks[f"{m}.foreground"])
+              for m in given.arrays}
+    occupied = sliced.foreground.reshape(sliced.foreground.shape[0], -1).any(axis=1)
+    return sliced, stacks, occupied
+
+
+def _harmonization(data_cfg, given: _Inputs) -> dict:
+    """Per input modality, the harmonization of its acquired volume (to map a target back to it)."""
+    from mmhvae.data.cohort import SubjectVolumes
+    from mmhvae.data.harmonize import harmonize_subject
+
+    volumes = SubjectVolumes(name="input", images=given.arrays, affine=given.reference.affine,
+                             header=given.reference.header, seg=None, brain_mask=given.brain, wm_mask=given.wm)
+    return harmonize_subject(volumes, data_cfg)[1]
+
+
+def _on_input_grid(data_cfg, given: _Inputs, sliced, draws: dict[str, np.ndarray], params: dict):
+    """The K draws per target -> float32 NIfTI on the inputs' grid: the mean (and ``_std`` when K > 1),
+    0 outside the inputs' foreground with ``data.mask_outputs``, in the acquired range for ``params``."""
+    from mmhvae.data.harmonize import invert_harmonization
+
+    ref_img = given.reference
     header = ref_img.header.copy()
     header.set_data_dtype(np.float32)
     inside = None
-    if getattr(cfg.data, "mask_outputs", False):
-        inside = brain if brain is not None else np.logical_or.reduce(list(own.values()))
-    for t in targets:  # back onto the inputs' own grid
-        vol = sliced.to_input_grid(draws[t].mean(axis=0))
+    if getattr(data_cfg, "mask_outputs", False):
+        inside = given.brain if given.brain is not None else np.logical_or.reduce(list(given.foreground.values()))
+    results: dict[str, nib.Nifti1Image] = {}
+    for t, samples in draws.items():
+        vol = sliced.to_input_grid(samples.mean(axis=0))
         if inside is not None:
             vol = np.where(inside, vol, np.float32(0))
         if t in params:  # back to the acquired intensity range of this input
             vol = invert_harmonization(vol, params[t])
         results[t] = nib.Nifti1Image(vol.astype(np.float32), ref_img.affine, header)
-        if samples > 1:
-            std = sliced.to_input_grid(draws[t].std(axis=0))
+        if samples.shape[0] > 1:
+            std = sliced.to_input_grid(samples.std(axis=0))
             if inside is not None:
                 std = np.where(inside, std, np.float32(0))
             if t in params:

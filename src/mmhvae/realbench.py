@@ -81,7 +81,29 @@ def build_split(
     by_name = {s.name: s for s in pool.subjects if any(m in s.paths for m in mods)}
     test_names, val_names = _names(test_subjects), _names(val_subjects)
     wanted, dropped = _names(train_subjects), set(_names(exclude))
-    tests = []
+    tests = _test_subjects(by_name, train_source, test_source, test_names, dropped, mods, aliases, skipped)
+    _check_roles(by_name, train_source, mods, {s.name for s in tests}, val_names, wanted, dropped)
+    test_set = {s.name for s in tests}
+    rows: list[tuple[object, str]] = []
+    train_names, vals = [], []
+    for name, s in by_name.items():
+        if name in test_set or name in dropped or (wanted and name not in wanted and name not in val_names):
+            continue
+        split = "val" if name in val_names else "train"
+        (vals if split == "val" else train_names).append(name)
+        rows.append((s, split))
+    if not train_names:
+        raise CohortError("no training subject left after the split")
+    rows += [(s, "test") for s in tests]
+    manifest, availability = _write_manifest(Path(out_dir), rows, mods)
+    return RealSplit(manifest, train_names, vals, [s.name for s in tests], availability)
+
+
+def _test_subjects(by_name, train_source, test_source, test_names, dropped, mods, aliases, skipped):
+    """The test subjects: those of ``test_source`` (optionally only ``test_names``; none may be in the
+    pool), else ``test_names`` from the pool."""
+    from mmhvae.data.cohort import Cohort
+
     if test_source is not None:
         other = Cohort.load(test_source, modalities=mods, aliases=dict(aliases) if aliases else None, problems=skipped)
         tests = [s for s in other.subjects if any(m in s.paths for m in mods)
@@ -97,27 +119,23 @@ def build_split(
         tests = [by_name[n] for n in test_names]
     if not tests:
         raise CohortError("no test subject: give --test COHORT or --test-subjects NAMES")
+    return tests
+
+
+def _check_roles(by_name, train_source, mods, test_set, val_names, wanted, dropped) -> None:
+    """Every named subject exists in the pool, and no test subject is trained or selected on."""
     for label, names in (("--val-subjects", val_names), ("--train-subjects", wanted), ("--exclude", sorted(dropped))):
         missing = [n for n in names if n not in by_name]
         if missing:
             raise CohortError(f"{label} {missing} not found in {train_source} (with modalities {mods})")
-    test_set = {s.name for s in tests}
     for label, names in (("--val-subjects", val_names), ("--train-subjects", wanted)):
         both = sorted(test_set & set(names))
         if both:
             raise CohortError(f"{label} {both} are test subjects: a test subject is never trained or selected on")
-    rows: list[tuple[object, str]] = []
-    train_names, vals = [], []
-    for name, s in by_name.items():
-        if name in test_set or name in dropped or (wanted and name not in wanted and name not in val_names):
-            continue
-        split = "val" if name in val_names else "train"
-        (vals if split == "val" else train_names).append(name)
-        rows.append((s, split))
-    if not train_names:
-        raise CohortError("no training subject left after the split")
-    rows += [(s, "test") for s in tests]
-    out_dir = Path(out_dir)
+
+
+def _write_manifest(out_dir: Path, rows, mods) -> tuple[Path, dict[str, list[str]]]:
+    """``out_dir/cohort.csv`` (absolute paths, a ``split`` column) and each subject's modalities."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "cohort.csv"
     header = ["subject", "split", *mods, "seg", "mask", "wm"]
@@ -129,7 +147,7 @@ def build_split(
             files = s.files()
             w.writerow([s.name, split] + [str(Path(files[k]).resolve()) if k in files else "" for k in header[2:]])
             availability[s.name] = [m for m in mods if m in s.paths]
-    return RealSplit(manifest, train_names, vals, [s.name for s in tests], availability)
+    return manifest, availability
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,15 +259,10 @@ def run_realbench(
     threads: Optional[int] = None,
 ) -> RealBenchResult:
     """Split, train every method, score on the test subjects with the references; see the module docstring."""
-    import torch
-
-    from mmhvae.compare import ablation_table, curves_table, read_curves, run_comparison
+    from mmhvae.checkpoint import load_trained
+    from mmhvae.compare import resolve_device, run_comparison
     from mmhvae.data.cohort import Cohort
-    from mmhvae.data.dataset import preprocess_subject
-    from mmhvae.eval import reference as refmod
-    from mmhvae.eval.runner import synthesize_slices
-    from mmhvae.eval.tables import paper_table, write_csv
-    from mmhvae.infer import load_model
+    from mmhvae.eval.tables import write_csv
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -260,78 +273,105 @@ def run_realbench(
     base.data.cohort = str(split.manifest)
     if not split.val:
         base.train.val_subjects = 0
-    device = base.train.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(base.train.device)
     result = run_comparison(base, methods, out_dir, split="test", progress=progress, compute=False,
                             figures=False, log=log, jobs=jobs, threads=threads)
     rows = [dict(r) for r in result.rows]
     names = list(dict.fromkeys(methods))
-    models = {n: load_model(result.checkpoints[n], device) for n in names}
+    models = {n: load_trained(result.checkpoints[n], device) for n in names}
     trained_cfg = next(iter(models.values())).config  # data.spacing resolved by the trainer
     cohort = Cohort.load(split.manifest, modalities=mods, aliases=trained_cfg.data.modality_aliases or None)
-    size = trained_cfg.model.image_size
-
-    def planes_of(subjects):
-        out = []
-        for s in subjects:
-            pre = preprocess_subject(s, trained_cfg.data, mods, size)
-            out.append((pre, refmod.subject_planes(pre)))
-        return out
-
-    test = planes_of(cohort.select("test"))
-    ref_pictures: dict = {}
-    ranking_md = ""
-    ref_names: list[str] = []
+    test = _planes_of(cohort.select("test"), trained_cfg, mods)
+    refs = _References()
     if references:
-        from mmhvae.eval.lpips import load_lpips
-
-        training = [p for _, p in planes_of(cohort.select("train"))]
-        ref = refmod.fit_references(training, mods, base.eval.data_range or None)
-        lp = load_lpips() if base.eval.lpips else None
-        ref_rows, ref_pictures = refmod.score_references(ref, [p for _, p in test], mods, base.eval, lp)
-        rows += ref_rows
-        ranking_md = refmod.ranking_markdown(ref)
-        ref_names = [n for n in refmod.REFERENCES if any(r["method"] == n for r in ref_rows)]
+        refs = _score_references(_planes_of(cohort.select("train"), trained_cfg, mods), test, mods, base.eval)
+        rows += refs.rows
     write_csv(rows, out_dir / "realbench_metrics.csv")
-
-    # KL per level of the hierarchical models, on training slices with every input (collapse check).
-    kl: dict[str, list[dict]] = {}
-    train_subject = next((s for s in cohort.select("train") if all(m in s.paths for m in mods)),
-                         cohort.select("train")[0])
-    pre_train = preprocess_subject(train_subject, trained_cfg.data, mods, size)
-    for n, model in models.items():
-        levels = kl_per_level(model, pre_train.inputs)
-        if levels:
-            kl[n] = levels
+    kl = _kl_per_model(models, cohort, trained_cfg, mods)
     (out_dir / "kl_per_level.json").write_text(json.dumps(kl, indent=2))
-
-    made: list[Path] = []
-    if pictures:
-        for pre, planes in test:
-            inside = planes.foreground
-            preds: dict[str, dict[str, np.ndarray]] = {}
-            for n, model in models.items():
-                preds[n] = {}
-                for t in planes.targets:
-                    given = [m for m in planes.inputs if m != t] or [t]
-                    synth = synthesize_slices(model, {m: pre.inputs[m] for m in given}, base.eval.temperature,
-                                              base.eval.batch_size, [t], seed=0)[t]
-                    plane = pre.slices.plane_stack(synth)
-                    preds[n][t] = np.where(inside, plane, 0) if trained_cfg.data.mask_outputs else plane
-            for n in ref_names:
-                preds[n] = {key.split("->")[1]: v for key, v in ref_pictures.get(n, {}).get(planes.name, {}).items()}
-            counts = inside.reshape(inside.shape[0], -1).sum(1)
-            index = int(np.flatnonzero(counts > 0)[len(np.flatnonzero(counts > 0)) // 2]) if counts.any() else 0
-            made.append(_picture(out_dir / "pictures" / f"{planes.name}.png", planes.name, mods, planes.inputs,
-                                 planes.targets, preds, index))
+    made = _pictures(out_dir, models, test, refs, mods, base.eval, trained_cfg.data.mask_outputs) if pictures else []
+    from mmhvae.compare import read_curves
 
     curves = read_curves({n: out_dir / "runs" / result.same_as.get(n, n) for n in names})
     seconds = time.perf_counter() - t0
     md = out_dir / "realbench.md"
-    md.write_text(realbench_markdown(base, names, ref_names, split, rows, result, curves, kl, ranking_md, made,
+    md.write_text(realbench_markdown(base, names, refs.names, split, rows, result, curves, kl, refs.ranking_md, made,
                                      seconds, device))
     return RealBenchResult(out_dir, split, rows, md, made, kl, seconds)
+
+
+def _planes_of(subjects, trained_cfg: ExperimentConfig, mods) -> list:
+    """``[(preprocessed subject, its planes)]`` in the trained model's frame."""
+    from mmhvae.data.dataset import preprocess_subject
+    from mmhvae.eval import reference as refmod
+
+    out = []
+    for s in subjects:
+        pre = preprocess_subject(s, trained_cfg.data, mods, trained_cfg.model.image_size)
+        out.append((pre, refmod.subject_planes(pre)))
+    return out
+
+
+@dataclass
+class _References:
+    """The reference baselines' rows, pictures, names and ranking (empty without references)."""
+
+    rows: list[dict] = field(default_factory=list)
+    pictures: dict = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    ranking_md: str = ""
+
+
+def _score_references(training, test, mods, eval_cfg) -> _References:
+    """Fit the references on the training subjects' planes and score them on the test subjects."""
+    from mmhvae.eval import reference as refmod
+    from mmhvae.eval.lpips import load_lpips
+
+    ref = refmod.fit_references([p for _, p in training], mods, eval_cfg.data_range or None)
+    lp = load_lpips() if eval_cfg.lpips else None
+    ref_rows, pictures = refmod.score_references(ref, [p for _, p in test], mods, eval_cfg, lp)
+    names = [n for n in refmod.REFERENCES if any(r["method"] == n for r in ref_rows)]
+    return _References(ref_rows, pictures, names, refmod.ranking_markdown(ref))
+
+
+def _kl_per_model(models, cohort, trained_cfg: ExperimentConfig, mods) -> dict[str, list[dict]]:
+    """KL per level of the hierarchical models, on training slices with every input (collapse check)."""
+    from mmhvae.data.dataset import preprocess_subject
+
+    train_subject = next((s for s in cohort.select("train") if all(m in s.paths for m in mods)),
+                         cohort.select("train")[0])
+    pre_train = preprocess_subject(train_subject, trained_cfg.data, mods, trained_cfg.model.image_size)
+    kl: dict[str, list[dict]] = {}
+    for n, model in models.items():
+        levels = kl_per_level(model, pre_train.inputs)
+        if levels:
+            kl[n] = levels
+    return kl
+
+
+def _pictures(out_dir: Path, models, test, refs: _References, mods, eval_cfg, mask_outputs: bool) -> list[Path]:
+    """One picture per test subject: each target from every other contrast, per method and reference."""
+    from mmhvae.eval.runner import synthesize_slices
+
+    made: list[Path] = []
+    for pre, planes in test:
+        inside = planes.foreground
+        preds: dict[str, dict[str, np.ndarray]] = {}
+        for n, model in models.items():
+            preds[n] = {}
+            for t in planes.targets:
+                given = [m for m in planes.inputs if m != t] or [t]
+                synth = synthesize_slices(model, {m: pre.inputs[m] for m in given}, eval_cfg.temperature,
+                                          eval_cfg.batch_size, [t], seed=0)[t]
+                plane = pre.slices.plane_stack(synth)
+                preds[n][t] = np.where(inside, plane, 0) if mask_outputs else plane
+        for n in refs.names:
+            preds[n] = {key.split("->")[1]: v for key, v in refs.pictures.get(n, {}).get(planes.name, {}).items()}
+        counts = inside.reshape(inside.shape[0], -1).sum(1)
+        index = int(np.flatnonzero(counts > 0)[len(np.flatnonzero(counts > 0)) // 2]) if counts.any() else 0
+        made.append(_picture(out_dir / "pictures" / f"{planes.name}.png", planes.name, mods, planes.inputs,
+                             planes.targets, preds, index))
+    return made
 
 
 def realbench_markdown(base, methods, ref_names, split: RealSplit, rows, result, curves, kl, ranking_md,

@@ -135,23 +135,23 @@ def subset_grid(
                 raise ValueError(f"subset {subset!r} uses input {m!r}, but no image was given for it")
             else:
                 _show(ax, inputs[m], input_windows[m])
-        for col, t in enumerate(targets, start=len(modalities)):
-            ax = canvas.axes(row, col)
-            if t in synthesized:
-                _show(ax, synthesized[t], windows[t])
-            else:
-                _missing(ax, "not run")
+        _target_cells(canvas, row, len(modalities), targets, synthesized, windows, "not run")
     last = len(rows)
     canvas.row_label(last, "ground\ntruth")
     for col in range(len(modalities)):
         canvas.axes(last, col)  # left blank: the inputs row above already shows acquired images
-    for col, t in enumerate(targets, start=len(modalities)):
-        ax = canvas.axes(last, col)
-        if t in ground_truth:
-            _show(ax, ground_truth[t], windows[t])
-        else:
-            _missing(ax, "n/a")
+    _target_cells(canvas, last, len(modalities), targets, ground_truth, windows, "n/a")
     return canvas.save(path)
+
+
+def _target_cells(canvas, row: int, start: int, targets, images, windows, missing: str) -> None:
+    """One cell per target from column ``start`` of ``row``: its image in its window, else ``missing``."""
+    for col, t in enumerate(targets, start=start):
+        ax = canvas.axes(row, col)
+        if t in images:
+            _show(ax, images[t], windows[t])
+        else:
+            _missing(ax, missing)
 
 
 def temperature_sweep(

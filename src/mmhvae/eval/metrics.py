@@ -353,21 +353,11 @@ class MetricAccumulator:
     def _distinct(self, field: str) -> list[str]:
         return list(dict.fromkeys(getattr(r, field) for r in self._records.values()))
 
-    @property
-    def methods(self) -> list[str]:
-        return self._distinct("method")
-
-    @property
-    def subsets(self) -> list[str]:
-        return self._distinct("subset")
-
-    @property
-    def targets(self) -> list[str]:
-        return self._distinct("target")
-
-    @property
-    def metrics(self) -> list[str]:
-        return self._distinct("metric")
+    # The distinct methods, subsets, targets and metrics, in the order they were first added.
+    methods = property(lambda self: self._distinct("method"))
+    subsets = property(lambda self: self._distinct("subset"))
+    targets = property(lambda self: self._distinct("target"))
+    metrics = property(lambda self: self._distinct("metric"))
 
     def values(self, method: str, target: str, metric: str, subset: Optional[str] = None) -> dict[Any, float]:
         """Available values keyed by subject, or by ``(subset, subject)`` pooled over subsets when ``subset`` is None."""

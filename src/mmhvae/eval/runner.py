@@ -82,42 +82,18 @@ def evaluate_checkpoints(
     and paired Wilcoxon + Bonferroni marks) and, with ``figures``, qualitative grids, a temperature
     sweep and the z_1 PCA for the first subject.
     """
-    from mmhvae.data.cohort import Cohort
     from mmhvae.data.dataset import preprocess_subject
     from mmhvae.eval.lpips import load_lpips
-    from mmhvae.eval.metrics import MetricAccumulator, score_volume
-    from mmhvae.eval.tables import paper_table, write_csv
-    from mmhvae.infer import load_model
+    from mmhvae.eval.metrics import MetricAccumulator
 
     if not checkpoints:
         raise ValueError("no checkpoint to evaluate")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = {name: load_model(path, device) for name, path in checkpoints.items()}
-    first = next(iter(models.values()))
-    eval_cfg = eval_cfg or first.config.eval
-    modalities = list(first.cfg.modalities)
-    for name, model in models.items():
-        if list(model.cfg.modalities) != modalities:
-            raise ValueError(f"{name}: modalities {model.cfg.modalities} differ from {modalities}; compare like with like")
+    models, modalities = _load_models(checkpoints, device)
+    eval_cfg = eval_cfg or next(iter(models.values())).config.eval
     lpips_model = load_lpips() if eval_cfg.lpips else None
-    cohort = Cohort.load(cohort_source, modalities=modalities)
-    subjects = cohort.select(split)
-    if not subjects:
-        raise ValueError(f"{cohort_source}: no subject in split {split!r}")
-    unmasked = [s.name for s in subjects if s.brain_mask is None]
-    trained_masked = [n for n, m in models.items() if getattr(m.config.data, "trained_with_masks", False)]
-    if unmasked and trained_masked:
-        import warnings
-
-        warnings.warn(
-            f"{', '.join(trained_masked)} trained with brain masks, but {len(unmasked)} subject(s) of "
-            f"{cohort_source} have no 'mask' column entry (e.g. {unmasked[0]}): their inputs are scaled over "
-            "the non-background voxels instead", stacklevel=2,
-        )
-    if max_subjects:
-        subjects = subjects[:max_subjects]
-    data_range = eval_cfg.data_range or None
+    subjects = _select_subjects(cohort_source, split, modalities, models, max_subjects)
     acc = MetricAccumulator()
     made: list[Path] = []
     work = [(name, s) for name in models for s in subjects]
@@ -136,30 +112,81 @@ def evaluate_checkpoints(
         avail = [m in pre.targets for m in modalities]
         if not any(avail):
             continue
-        grid_rows = []
-        # Scores and pictures are of whole slices of the model's frame: tiles blended back together.
-        truth = {m: pre.slices.plane_stack(pre.targets[m]) for m in pre.targets}
-        inside = None
-        if getattr(model.config.data, "mask_outputs", False):  # synthesis is 0 outside the foreground
-            inside = pre.slices.plane_stack(pre.slices.foreground.astype(np.float32)) > 0.5
-        for subset in subsets_of(avail):
-            inputs = {m: pre.inputs[m] for m, b in zip(modalities, subset) if b}
-            targets = [m for m, a in zip(modalities, avail) if a]
-            synth = synthesize_slices(model, inputs, eval_cfg.temperature, eval_cfg.batch_size, targets,
-                                      seed=0)
-            sname = subset_name(subset, modalities)
-            planes = {t: pre.slices.plane_stack(synth[t]) for t in targets}
-            if inside is not None:
-                planes = {t: np.where(inside, p, np.float32(0)) for t, p in planes.items()}
-            for t in targets:
-                scores = score_volume(planes[t], truth[t], axis=0, data_range=data_range,
-                                      lpips_model=lpips_model, with_ssim3d=eval_cfg.ssim_3d,
-                                      with_lpips=eval_cfg.lpips)
-                acc.add_scores(name, sname, t, subject.name, scores)
-            grid_rows.append((sname, planes))
+        grid_rows, truth = _score_subject(model, name, subject.name, pre, modalities, avail, eval_cfg, lpips_model, acc)
         if figures and subject is subjects[0]:
             given = {m: pre.slices.plane_stack(pre.inputs[m]) for m in pre.inputs}
             made += _figures(model, name, pre, modalities, avail, grid_rows, given, truth, out_dir, eval_cfg)
+    text = _write_tables(acc, out_dir, modalities, list(models), split, cohort_source, len(subjects), eval_cfg,
+                         lpips_model is not None)
+    return EvaluationReport(acc.rows(), text, out_dir, made)
+
+
+def _load_models(checkpoints: Mapping[str, str | Path], device: str):
+    """``{name: TrainedModel}`` and their modalities (one list for all: compare like with like)."""
+    from mmhvae.checkpoint import load_trained
+
+    models = {name: load_trained(path, device) for name, path in checkpoints.items()}
+    modalities = list(next(iter(models.values())).cfg.modalities)
+    for name, model in models.items():
+        if list(model.cfg.modalities) != modalities:
+            raise ValueError(f"{name}: modalities {model.cfg.modalities} differ from {modalities}; compare like with like")
+    return models, modalities
+
+
+def _select_subjects(cohort_source, split: str, modalities: list[str], models, max_subjects: Optional[int]):
+    """The split's subjects (the first ``max_subjects``); warns when models trained with brain masks
+    meet subjects without one."""
+    from mmhvae.data.cohort import Cohort
+
+    cohort = Cohort.load(cohort_source, modalities=modalities)
+    subjects = cohort.select(split)
+    if not subjects:
+        raise ValueError(f"{cohort_source}: no subject in split {split!r}")
+    unmasked = [s.name for s in subjects if s.brain_mask is None]
+    trained_masked = [n for n, m in models.items() if getattr(m.config.data, "trained_with_masks", False)]
+    if unmasked and trained_masked:
+        import warnings
+
+        warnings.warn(
+            f"{', '.join(trained_masked)} trained with brain masks, but {len(unmasked)} subject(s) of "
+            f"{cohort_source} have no 'mask' column entry (e.g. {unmasked[0]}): their inputs are scaled over "
+            "the non-background voxels instead", stacklevel=3,
+        )
+    return subjects[:max_subjects] if max_subjects else subjects
+
+
+def _score_subject(model, name: str, subject: str, pre, modalities, avail, eval_cfg: EvalConfig, lpips_model, acc):
+    """Synthesize every available target from every subset of one subject's inputs and score it into
+    ``acc``; returns the grid rows ``[(subset, {target: planes})]`` and the ground-truth planes."""
+    from mmhvae.eval.metrics import score_volume
+
+    grid_rows = []
+    # Scores and pictures are of whole slices of the model's frame: tiles blended back together.
+    truth = {m: pre.slices.plane_stack(pre.targets[m]) for m in pre.targets}
+    inside = None
+    if getattr(model.config.data, "mask_outputs", False):  # synthesis is 0 outside the foreground
+        inside = pre.slices.plane_stack(pre.slices.foreground.astype(np.float32)) > 0.5
+    targets = [m for m, a in zip(modalities, avail) if a]
+    for subset in subsets_of(avail):
+        inputs = {m: pre.inputs[m] for m, b in zip(modalities, subset) if b}
+        synth = synthesize_slices(model, inputs, eval_cfg.temperature, eval_cfg.batch_size, targets, seed=0)
+        sname = subset_name(subset, modalities)
+        planes = {t: pre.slices.plane_stack(synth[t]) for t in targets}
+        if inside is not None:
+            planes = {t: np.where(inside, p, np.float32(0)) for t, p in planes.items()}
+        for t in targets:
+            scores = score_volume(planes[t], truth[t], axis=0, data_range=eval_cfg.data_range or None,
+                                  lpips_model=lpips_model, with_ssim3d=eval_cfg.ssim_3d, with_lpips=eval_cfg.lpips)
+            acc.add_scores(name, sname, t, subject, scores)
+        grid_rows.append((sname, planes))
+    return grid_rows, truth
+
+
+def _write_tables(acc, out_dir: Path, modalities, methods, split, cohort_source, n_subjects: int,
+                  eval_cfg: EvalConfig, with_lpips: bool) -> str:
+    """``metrics.csv``, ``summary.csv`` and ``table.md`` (header + paper Table 1); returns the table text."""
+    from mmhvae.atomic import atomic_write_text
+    from mmhvae.eval.tables import paper_table, write_csv
 
     rows = acc.rows()
     write_csv(rows, out_dir / "metrics.csv")
@@ -167,19 +194,18 @@ def evaluate_checkpoints(
     metrics = ["psnr", "ssim"] + (["ssim3d"] if eval_cfg.ssim_3d else []) + (["lpips"] if eval_cfg.lpips else [])
     present = {r["target"] for r in rows}
     table = paper_table(acc, modalities=modalities, targets=[m for m in modalities if m in present],
-                        metrics=[m for m in metrics if m != "ssim3d"], methods=list(models))
+                        metrics=[m for m in metrics if m != "ssim3d"], methods=methods)
+    data_range = eval_cfg.data_range or None
     header = (
         f"# Synthesis on split '{split}' of {cohort_source}\n\n"
-        f"{len(subjects)} subjects; temperature {eval_cfg.temperature}; data range "
+        f"{n_subjects} subjects; temperature {eval_cfg.temperature}; data range "
         f"{'per-volume (max - min) of the ground truth' if data_range is None else data_range}; "
         f"foreground slices only. Inputs as acquired (scaled per image), targets harmonized: a target "
         f"marked ● is harmonized from itself, ○ is synthesized. SSIM and LPIPS in %. LPIPS: "
-        f"{'AlexNet v0.1' if lpips_model is not None else 'unavailable (weights could not be obtained)'}.\n\n"
+        f"{'AlexNet v0.1' if with_lpips else 'unavailable (weights could not be obtained)'}.\n\n"
     )
-    from mmhvae.atomic import atomic_write_text
-
     atomic_write_text(out_dir / "table.md", header + table + "\n")
-    return EvaluationReport(rows, header + table, out_dir, made)
+    return header + table
 
 
 def _figures(model, method, pre, modalities, avail, grid_rows, given_planes, truth_planes, out_dir: Path,

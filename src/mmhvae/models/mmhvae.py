@@ -11,47 +11,17 @@ sample, so it costs nothing and receives no gradient, and whatever its image slo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
-from mmhvae.models.protocol import Generator, check_forward_inputs
+from mmhvae.models.protocol import Generator, MMHVAEOutput, check_forward_inputs
 from mmhvae.nn.cells import DecoderCell, EncoderCell, downsample, group_norm, image_head, upsample
 from mmhvae.nn.fusion import build_fusion
 from mmhvae.nn.gaussian import DiagonalGaussian
-
-
-@dataclass
-class MMHVAEOutput:
-    """What one forward pass returns.
-
-    reconstructions: ``(B, M, H, W)`` decoded images of every modality.
-    kl: per latent level, finest first, ``(B,)`` analytic KL summed over the level's elements.
-    latents: per latent level, finest first, the sampled z_l (``(B, C_l, h_l, w_l)`` or ``(B, D)``).
-    posteriors: per level, the fused posterior q(z_l | x_r', z_>l).
-    """
-
-    reconstructions: Tensor
-    kl: list[Tensor]
-    latents: list[Tensor]
-    posteriors: list[DiagonalGaussian] = field(default_factory=list)
-
-    @property
-    def kl_total(self) -> Tensor:
-        """``(B,)`` sum of the KL over all levels."""
-        return torch.stack(self.kl, dim=0).sum(dim=0)
-
-    def rows(self, start: int, stop: int) -> "MMHVAEOutput":
-        """The output of rows ``start:stop`` (views)."""
-        return MMHVAEOutput(
-            self.reconstructions[start:stop],
-            [k[start:stop] for k in self.kl],
-            [z[start:stop] for z in self.latents],
-            [DiagonalGaussian(q.mu[start:stop], q.logvar[start:stop]) for q in self.posteriors],
-        )
 
 
 @dataclass
@@ -226,13 +196,8 @@ class MMHVAE(Generator):
                 (default: drawn from the global RNG, coarsest level first).
         """
         observed = observed.bool()
-        mask = self.fusion.expert_mask(observed)
+        mask, picks = self._picks(encoding, observed, rows)
         N = observed.shape[0]
-        if rows is None and N != encoding.batch:
-            raise ValueError(f"observed has {N} rows but the encoding {encoding.batch}; pass rows=")
-        if not self.fusion.shares_encoding and (rows is not None or not torch.equal(mask, encoding.mask)):
-            raise ValueError(f"fusion {self.fusion.name!r} encodes r' itself: decode the observed that was encoded")
-        picks = [self._pick(e, mask[:, j], rows, encoding.batch) for j, e in enumerate(encoding.experts)]
         noise = list(noise)[::-1] if noise is not None else None  # coarsest first, as sampled
         device = observed.device
         kls, latents, posteriors = [], [], []
@@ -246,14 +211,8 @@ class MMHVAE(Generator):
             return z
 
         # Level L (top): q(z_L | x_r') = N(0, I) x prod_j h_j(z_L | x_j)   (eq. 13, first factor)
-        experts = []
-        for j, pick in enumerate(picks):
-            if pick is not None:
-                sel, src, e = pick
-                params = self.top_experts[j](e[2] if src is None else e[2].index_select(0, src))
-                experts.append((sel, j, params))
         prior = DiagonalGaussian.standard(torch.zeros((N, self.cfg.top_latent_dim), device=device))
-        z = level(prior, self._gaussians(experts))
+        z = level(prior, self._top_experts(picks))
         h = self.top_up(self.top_cell(self.top_decode(z.to(encoding.dtype))))
 
         # Levels l = L-1 .. 1: q(z_l | x_r', z_>l) = p(z_l | z_>l) x prod_j h_j,l   (eq. 13-14)
@@ -263,14 +222,7 @@ class MMHVAE(Generator):
             h = self.dec_cells[s](h)
             if key in self.priors:
                 prior = DiagonalGaussian.from_params(self.priors[key](h), self.cfg.logvar_clamp, self.cfg.mean_clamp)
-                experts = []
-                for j, pick in enumerate(picks):
-                    if pick is not None:
-                        sel, src, e = pick
-                        feats = e[1][s] if src is None else e[1][s].index_select(0, src)
-                        state = h if sel is None else h.index_select(0, sel)
-                        experts.append((sel, j, self.experts[key][j](torch.cat([feats, state], dim=1))))
-                z = level(prior, self._gaussians(experts))
+                z = level(prior, self._stage_experts(s, picks, h))
                 if s == 0:
                     z_finest = z
                     break
@@ -281,6 +233,37 @@ class MMHVAE(Generator):
         recon = torch.cat([head(head_in) for head in self.heads], dim=1)
         # Finest level first, as in the paper's numbering z_1 ... z_L.
         return MMHVAEOutput(recon, kls[::-1], latents[::-1], posteriors[::-1])
+
+    def _picks(self, encoding: "Encoding", observed: Tensor, rows: Optional[Tensor]):
+        """The expert mask of ``observed`` and, per expert, :meth:`_pick` (checked against the encoding)."""
+        mask = self.fusion.expert_mask(observed)
+        N = observed.shape[0]
+        if rows is None and N != encoding.batch:
+            raise ValueError(f"observed has {N} rows but the encoding {encoding.batch}; pass rows=")
+        if not self.fusion.shares_encoding and (rows is not None or not torch.equal(mask, encoding.mask)):
+            raise ValueError(f"fusion {self.fusion.name!r} encodes r' itself: decode the observed that was encoded")
+        return mask, [self._pick(e, mask[:, j], rows, encoding.batch) for j, e in enumerate(encoding.experts)]
+
+    def _top_experts(self, picks):
+        """h_j(z_L | x_j) of the picked experts, from their coarsest grids."""
+        experts = []
+        for j, pick in enumerate(picks):
+            if pick is not None:
+                sel, src, e = pick
+                params = self.top_experts[j](e[2] if src is None else e[2].index_select(0, src))
+                experts.append((sel, j, params))
+        return self._gaussians(experts)
+
+    def _stage_experts(self, s: int, picks, h: Tensor):
+        """h_j,l(z_l | x_j, z_>l) of the picked experts at spatial stage ``s``: features and top-down state."""
+        experts = []
+        for j, pick in enumerate(picks):
+            if pick is not None:
+                sel, src, e = pick
+                feats = e[1][s] if src is None else e[1][s].index_select(0, src)
+                state = h if sel is None else h.index_select(0, sel)
+                experts.append((sel, j, self.experts[str(s)][j](torch.cat([feats, state], dim=1))))
+        return self._gaussians(experts)
 
     @staticmethod
     def _pick(expert, wanted: Tensor, rows: Optional[Tensor], batch: int):

@@ -7,12 +7,44 @@ that MMHVAE and the baselines refuse bad inputs with the same messages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
+from mmhvae.nn.gaussian import DiagonalGaussian
+
+
+@dataclass
+class MMHVAEOutput:
+    """What one forward pass returns.
+
+    reconstructions: ``(B, M, H, W)`` decoded images of every modality.
+    kl: per latent level, finest first, ``(B,)`` analytic KL summed over the level's elements.
+    latents: per latent level, finest first, the sampled z_l (``(B, C_l, h_l, w_l)`` or ``(B, D)``).
+    posteriors: per level, the fused posterior q(z_l | x_r', z_>l).
+    """
+
+    reconstructions: Tensor
+    kl: list[Tensor]
+    latents: list[Tensor]
+    posteriors: list[DiagonalGaussian] = field(default_factory=list)
+
+    @property
+    def kl_total(self) -> Tensor:
+        """``(B,)`` sum of the KL over all levels."""
+        return torch.stack(self.kl, dim=0).sum(dim=0)
+
+    def rows(self, start: int, stop: int) -> "MMHVAEOutput":
+        """The output of rows ``start:stop`` (views)."""
+        return MMHVAEOutput(
+            self.reconstructions[start:stop],
+            [k[start:stop] for k in self.kl],
+            [z[start:stop] for z in self.latents],
+            [DiagonalGaussian(q.mu[start:stop], q.logvar[start:stop]) for q in self.posteriors],
+        )
 
 
 def check_forward_inputs(cfg: ModelConfig, images: Tensor, observed: Tensor, available: Optional[Tensor]) -> None:
@@ -62,6 +94,21 @@ def synthesize_named(
     return synthesize_samples(model, images, temperature, targets, 1)[0]
 
 
+def check_request(modalities: Sequence[str], inputs: Mapping[str, object], targets: Optional[Sequence[str]]) -> list[str]:
+    """Refuse an empty input subset and unknown input or target names; the targets (default: all)."""
+    modalities = list(modalities)
+    if not inputs:
+        raise ValueError(f"empty input subset: give at least one of {modalities}")
+    unknown = [k for k in inputs if k not in modalities]
+    if unknown:
+        raise ValueError(f"unknown modality {unknown}; this model knows {modalities}")
+    targets = list(targets) if targets is not None else modalities
+    bad = [t for t in targets if t not in modalities]
+    if bad:
+        raise ValueError(f"unknown target modality {bad}; this model knows {modalities}")
+    return targets
+
+
 def synthesize_samples(
     model: nn.Module,
     images: Mapping[str, Tensor],
@@ -75,15 +122,7 @@ def synthesize_samples(
     in the same order as K separate calls, so the results equal them. Other models run K times.
     """
     modalities = list(model.modalities)
-    if not images:
-        raise ValueError(f"empty input subset: give at least one of {modalities}")
-    unknown = [k for k in images if k not in modalities]
-    if unknown:
-        raise ValueError(f"unknown modality {unknown}; this model knows {modalities}")
-    targets = list(targets) if targets is not None else modalities
-    bad = [t for t in targets if t not in modalities]
-    if bad:
-        raise ValueError(f"unknown target modality {bad}; this model knows {modalities}")
+    targets = check_request(modalities, images, targets)
     shapes = {k: tuple(v.shape) for k, v in images.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"input images must share one shape, got {shapes}")
@@ -217,3 +256,32 @@ class Generator(nn.Module):
         """
         return synthesize_named(self, images, temperature, targets)
 
+
+
+class ImputingGenerator(Generator):
+    """A deterministic generator on zero-imputed inputs (MM-GAN, ResViT): subclasses implement
+    ``translate(x (B, M, H, W)) -> (reconstructions (B, M, H, W), bottleneck features)``."""
+
+    def translate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        images: Tensor,
+        observed: Tensor,
+        temperature: float = 1.0,
+        available: Optional[Tensor] = None,
+    ) -> MMHVAEOutput:
+        """Zero-impute the unobserved slots and synthesize every modality.
+
+        Args:
+            images: ``(B, M, H, W)``; slots of unobserved modalities are ignored.
+            observed: r' ``(B, M)`` bool.
+            temperature: unused (deterministic generator), kept for the protocol.
+            available: r ``(B, M)`` bool, only checked.
+        Returns:
+            reconstructions ``(B, M, H, W)``, ``kl=[]``, ``latents=[bottleneck features (B, C, h, h)]``.
+        """
+        check_forward_inputs(self.cfg, images, observed, available)
+        reconstructions, features = self.translate(zero_impute(images, observed))
+        return MMHVAEOutput(reconstructions, [], [features])

@@ -1,4 +1,4 @@
-"""Network cells, registered by name so an architecture is a list of names in the config (NVAE style).
+"""Network cells of the MMHVAE generator (NVAE style): encoder and decoder cells, SE, image heads.
 
 Normalization is GroupNorm rather than NVAE's BatchNorm: the encoders of absent modalities are not run,
 so per-modality batches vary in size (down to one sample), and GroupNorm behaves the same in training,
@@ -105,9 +105,6 @@ def upsample(in_channels: int, out_channels: int) -> nn.Module:
     return nn.Sequential(
         nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1)
     )
-
-
-CELLS = {"encoder": EncoderCell, "decoder": DecoderCell, "resnet": ResBlock}
 
 
 def image_head(in_channels: int, channels: int, blocks: int) -> nn.Module:

@@ -20,23 +20,11 @@ def soft_clamp(x: Tensor, bound: float) -> Tensor:
     return bound * torch.tanh(x / bound)
 
 
-@dataclass
-class DiagonalGaussian:
-    """N(mu, exp(logvar)) with independent elements; ``mu`` and ``logvar`` share any shape."""
+class GaussianMoments:
+    """What a diagonal Gaussian computes from its ``mu`` and ``logvar`` (given by the subclass)."""
 
     mu: Tensor
     logvar: Tensor
-
-    @classmethod
-    def from_params(cls, params: Tensor, logvar_bound: float, mean_bound: float, dim: int = 1):
-        """Split a network output ``(B, 2C, ...)`` into a clamped Gaussian ``(B, C, ...)`` in float32."""
-        mu, logvar = params.float().chunk(2, dim=dim)
-        return cls(soft_clamp(mu, mean_bound), soft_clamp(logvar, logvar_bound))
-
-    @classmethod
-    def standard(cls, like: Tensor) -> "DiagonalGaussian":
-        zeros = torch.zeros_like(like, dtype=torch.float32)
-        return cls(zeros, zeros.clone())
 
     @property
     def var(self) -> Tensor:
@@ -53,6 +41,25 @@ class DiagonalGaussian:
         if noise is None:
             noise = torch.randn_like(self.mu)
         return self.mu + temperature * self.std * noise
+
+
+@dataclass
+class DiagonalGaussian(GaussianMoments):
+    """N(mu, exp(logvar)) with independent elements; ``mu`` and ``logvar`` share any shape."""
+
+    mu: Tensor
+    logvar: Tensor
+
+    @classmethod
+    def from_params(cls, params: Tensor, logvar_bound: float, mean_bound: float, dim: int = 1):
+        """Split a network output ``(B, 2C, ...)`` into a clamped Gaussian ``(B, C, ...)`` in float32."""
+        mu, logvar = params.float().chunk(2, dim=dim)
+        return cls(soft_clamp(mu, mean_bound), soft_clamp(logvar, logvar_bound))
+
+    @classmethod
+    def standard(cls, like: Tensor) -> "DiagonalGaussian":
+        zeros = torch.zeros_like(like, dtype=torch.float32)
+        return cls(zeros, zeros.clone())
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Element-wise log-density."""

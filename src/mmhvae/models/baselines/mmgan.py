@@ -18,14 +18,11 @@ Differences from the original, each for a stated reason:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ModelConfig
-from mmhvae.models.mmhvae import MMHVAEOutput
-from mmhvae.models.protocol import Generator, check_forward_inputs, zero_impute
+from mmhvae.models.protocol import ImputingGenerator
 
 DROPOUT = 0.2  # the authors' value (pix2pix used 0.5)
 FIRST_DROPOUT_STAGE = 3  # original: dropout on down4..down8 and up1..up4, i.e. the stages from the 4th on
@@ -66,7 +63,7 @@ class UNetUp(nn.Module):
         return torch.cat([self.model(x), skip], dim=1)
 
 
-class MMGANGenerator(Generator):
+class MMGANGenerator(ImputingGenerator):
     """U-Net over the M zero-imputed modalities; ``len(cfg.mmgan.channels)`` stride-2 stages."""
 
     def __init__(self, cfg: ModelConfig):
@@ -95,25 +92,9 @@ class MMGANGenerator(Generator):
         self.apply(_init_normal)
 
 
-    def forward(
-        self,
-        images: Tensor,
-        observed: Tensor,
-        temperature: float = 1.0,
-        available: Optional[Tensor] = None,
-    ) -> MMHVAEOutput:
-        """Zero-impute the unobserved slots and translate to every modality.
-
-        Args:
-            images: ``(B, M, H, W)``; slots of unobserved modalities are ignored.
-            observed: r' ``(B, M)`` bool.
-            temperature: unused (deterministic generator), kept for the protocol.
-            available: r ``(B, M)`` bool, only checked.
-        Returns:
-            reconstructions ``(B, M, H, W)``, ``kl=[]``, ``latents=[innermost features (B, C, h, h)]``.
-        """
-        check_forward_inputs(self.cfg, images, observed, available)
-        h = zero_impute(images, observed)
+    def translate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """U-Net on the zero-imputed ``(B, M, H, W)``: every modality, and the innermost features."""
+        h = x
         skips = []
         for down in self.downs:
             h = down(h)
@@ -121,7 +102,7 @@ class MMGANGenerator(Generator):
         bottleneck = h
         for up, skip in zip(self.ups, reversed(skips[:-1])):
             h = up(h, skip)
-        return MMHVAEOutput(self.final(h), [], [bottleneck])
+        return self.final(h), bottleneck
 
 
 

@@ -23,13 +23,14 @@ from torch import Tensor
 
 from mmhvae.config import ConfigError, ModelConfig
 from mmhvae.models.mmhvae import MMHVAE
-from mmhvae.nn.gaussian import DiagonalGaussian, product_of_experts
+from mmhvae.nn.gaussian import DiagonalGaussian, GaussianMoments, product_of_experts
 from mmhvae.subsets import all_subsets
 
 
 @dataclass
-class SubsetMixture:
-    """A uniform mixture of subset PoEs, with one component selected per sample for sampling.
+class SubsetMixture(GaussianMoments):
+    """A uniform mixture of subset PoEs, with one component selected per sample for sampling
+    (``mu``, ``logvar``, ``sample``: those of the selected component).
 
     components: PoE of each subset of all modalities, tensors ``(B, K, D)`` (K = 2^M - 1, in
     :func:`~mmhvae.subsets.all_subsets` order); weights ``(B, K)``: 1/|P(S)| for the subsets of the
@@ -50,18 +51,6 @@ class SubsetMixture:
     @property
     def logvar(self) -> Tensor:
         return self._pick(self.components.logvar)
-
-    @property
-    def var(self) -> Tensor:
-        return torch.exp(self.logvar)
-
-    @property
-    def std(self) -> Tensor:
-        return torch.exp(0.5 * self.logvar)
-
-    def sample(self, temperature: float = 1.0, noise: Optional[Tensor] = None) -> Tensor:
-        """A sample of the selected component of each row (tau = 0: its mean)."""
-        return DiagonalGaussian(self.mu, self.logvar).sample(temperature, noise)
 
     def kl(self, other: DiagonalGaussian) -> Tensor:
         """Element-wise ``sum_k w_k KL(q_k || other)`` ``(B, D)``: the subset-averaged KL of MoPoE."""

@@ -34,8 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from mmhvae.config import ConfigError, ModelConfig
-from mmhvae.models.mmhvae import MMHVAEOutput
-from mmhvae.models.protocol import Generator, check_forward_inputs, zero_impute
+from mmhvae.models.protocol import ImputingGenerator
 
 TRANSFORMER_DOWNSAMPLING = 2  # stride-2 convs before tokenization in an ART block (original: 2)
 DROPOUT = 0.1  # ViT-B/16 dropout rate used by the authors
@@ -170,7 +169,7 @@ class ARTBlock(nn.Module):
         return self.residual_cnn(x)
 
 
-class ResViTGenerator(Generator):
+class ResViTGenerator(ImputingGenerator):
     """Unified ResViT-style generator: ``(B, M, H, W)`` zero-imputed inputs -> ``(B, M, H, W)``."""
 
     def __init__(self, cfg: ModelConfig):
@@ -211,24 +210,8 @@ class ResViTGenerator(Generator):
             self.transformer = None
 
 
-    def forward(
-        self,
-        images: Tensor,
-        observed: Tensor,
-        temperature: float = 1.0,
-        available: Optional[Tensor] = None,
-    ) -> MMHVAEOutput:
-        """Zero-impute the unobserved slots and synthesize every modality.
-
-        Args:
-            images: ``(B, M, H, W)``; slots of unobserved modalities are ignored.
-            observed: r' ``(B, M)`` bool.
-            temperature: unused (deterministic generator), kept for the protocol.
-            available: r ``(B, M)`` bool, only checked.
-        Returns:
-            reconstructions ``(B, M, H, W)``, ``kl=[]``, ``latents=[bottleneck features (B, C, h, h)]``.
-        """
-        check_forward_inputs(self.cfg, images, observed, available)
-        features = self.art(self.encoder(zero_impute(images, observed)))
-        return MMHVAEOutput(self.decoder(features), [], [features])
+    def translate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder, ART bottleneck, decoder on the zero-imputed ``(B, M, H, W)``."""
+        features = self.art(self.encoder(x))
+        return self.decoder(features), features
 

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mmhvae"
 
 #: Lowest first. A top-level module or package of ``mmhvae`` belongs to exactly one layer.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"mmhvae", "errors", "atomic", "config", "subsets"}),
+    ("foundation", {"mmhvae", "errors", "atomic", "config", "config_upgrade", "subsets"}),
     ("data, nn", {"data", "nn", "outputs"}),
     ("models", {"models", "methods", "runtime"}),
     ("checkpoint I/O", {"checkpoint", "trained_model"}),

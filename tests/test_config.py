@@ -102,6 +102,13 @@ def test_config_yaml_of_an_earlier_version_still_loads(tmp_path, method):
         assert loaded == cfg
 
 
+def test_the_upgrade_knows_every_family_config():
+    from mmhvae.config import FAMILY_CONFIGS
+    from mmhvae.config_upgrade import FAMILY_METHODS
+
+    assert set(FAMILY_CONFIGS) == set(FAMILY_METHODS)
+
+
 def test_an_old_resvit_override_is_renamed():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -145,63 +145,69 @@ class Trainer:
         inputs = batch["inputs"].to(self.device).contiguous(memory_format=self.memory_format)
         targets = batch["targets"].to(self.device)
         available = batch["available"].to(self.device)  # line 3: r, per sample (B, M)
-        H, W = targets.shape[-2:]
         lam_gan, lam_kl = self.lambda_gan(step), self.lambda_kl(step)
         self.model.train()
-        loss_img = loss_kl = loss_gan = torch.zeros((), device=self.device)  # lines 5-7 (for logging)
-        fakes = []
         self.opt_g.zero_grad(set_to_none=True)
         # lines 8-9: the step's terms (train.objective): T draws of r' from the mixture for Algorithm 1;
         # the sub-sampled ELBOs for MVAE; the mixture posterior's draws for MoPoE (mmhvae.train.objectives).
         terms = self.objective.terms(available.cpu(), self.subset_rng)
-        # A generator whose encoders' features do not depend on r' (MMHVAE) encodes each modality once
-        # for all terms (same loss and gradients). One process: decode and backward per term from the
-        # features as leaves, then one encoder backward (one decoder graph alive at a time). DDP: all
-        # terms in one forward (batched decoder) and one backward, so DDP sees one forward/backward.
+        loss_img, loss_kl, loss_gan, fakes = self._generator_terms(inputs, targets, available, terms, step)
+        total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise TrainingDiverged(f"non-finite gradient norm at step {step}; the last good checkpoint is kept")
+        self.opt_g.step()  # line 25
+        self.sched_g.step()
+        for j, memory in enumerate(self.memories):  # lines 27-28: m_j <- x_j where r_j = 1
+            memory.add(targets[available[:, j], j])
+        loss_d = self._discriminator_step(targets, available, torch.cat(fakes)) if lam_gan > 0 else torch.zeros(())
+        return {
+            "loss": total.item(),
+            "img": loss_img.item(),
+            "kl": loss_kl.item(),
+            "gan_g": loss_gan.item(),
+            "gan_d": loss_d.item(),
+            "lambda_gan": lam_gan,
+            "lr": self.opt_g.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm),
+        }
+
+    def _generator_terms(self, inputs, targets, available, terms, step: int):
+        """Lines 10-24 for every term, gradients accumulated: ``(img, kl, gan, fakes)`` weighted sums.
+
+        A generator whose encoders' features do not depend on r' (MMHVAE) encodes each modality once
+        for all terms (same loss and gradients). One process: decode and backward per term from the
+        features as leaves, then one encoder backward (one decoder graph alive at a time). DDP: all
+        terms in one forward (batched decoder) and one backward, so DDP sees one forward/backward."""
         multi = getattr(self.model, "draws_in_one_forward", False) and len(terms) > 1
         term_rows = [None if term.rows is None else term.rows.to(self.device) for term in terms]
         term_observed = [term.observed.to(self.device) for term in terms]
-        encoding = leaves = None
+        encoding = leaves = outs = None
         shared = multi and self.dist.enabled
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with self._autocast():
             if shared:
                 outs = self.ddp_model(inputs, term_observed, 1.0, available, rows=term_rows)
             elif multi:
                 encoding = self.model.encode_draws(inputs, term_observed, term_rows)
                 leaves = encoding.detached() if encoding is not None else None
-        step_total = torch.zeros((), device=self.device)
+        zero = torch.zeros((), device=self.device)
+        loss_img = loss_kl = loss_gan = step_total = zero
+        fakes = []
         for t, term in enumerate(terms):
             rows = slice(None) if term.rows is None else term.rows.to(self.device)
-            observed, scored = term.observed.to(self.device), term.scored.to(self.device)
             # One backward per term (gradients accumulate; DDP all-reduces on the last term only).
             with self.dist.no_sync(self.ddp_model, skip=t < len(terms) - 1):
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                    enabled=self.autocast_dtype is not None):
-                    # lines 10-16: encode, sample, decode
+                with self._autocast():  # lines 10-16: encode, sample, decode
                     if shared:
                         out = outs[t]
                     elif leaves is not None:
-                        out = self.ddp_model(inputs[rows], observed, 1.0, available[rows], rows=term_rows[t],
-                                             encoding=leaves)
+                        out = self.ddp_model(inputs[rows], term_observed[t], 1.0, available[rows],
+                                             rows=term_rows[t], encoding=leaves)
                     else:
-                        out = self.ddp_model(inputs[rows], observed, 1.0, available[rows])
-                    draw_gan = torch.zeros((), device=self.device)
-                    if lam_gan > 0:  # line 17: adversarial term of every decoded modality
-                        for j in range(len(self.memories)):
-                            scores = self.discriminators(j, out.reconstructions[:, j])
-                            draw_gan = draw_gan + generator_loss(tc.gan.loss, scores.float())
-                # lines 12-13 (KL) and 18-19: every *available* modality is scored, in r' or not (eq. 9)
-                draw_kl = kl_per_pixel(out.kl_total, H, W) if out.kl else torch.zeros((), device=self.device)
-                draw_img = reconstruction_loss(out.reconstructions, targets[rows], scored, tc.reconstruction)
-                draw_total = draw_img + lam_kl * draw_kl + lam_gan * draw_gan  # line 23, averaged over draws
-                if not torch.isfinite(draw_total):
-                    raise TrainingDiverged(
-                        f"non-finite loss at step {step} (img={draw_img.item():.4g}, kl={draw_kl.item():.4g}, "
-                        f"gan={draw_gan.item():.4g}); the last good checkpoint is kept in "
-                        f"{self.run_dir / 'checkpoints'}. Lower train.lr, check the inputs for extreme values, "
-                        "or raise train.grad_clip."
-                    )
+                        out = self.ddp_model(inputs[rows], term_observed[t], 1.0, available[rows])
+                    draw_gan = self._adversarial_term(out, step)
+                draw_img, draw_kl, draw_total = self._term_loss(out, targets[rows], term.scored.to(self.device),
+                                                                draw_gan, step)
                 if shared:
                     step_total = step_total + draw_total * term.weight
                 else:
@@ -214,44 +220,58 @@ class Trainer:
             step_total.backward()  # line 24, all terms at once (DDP all-reduces here)
         if encoding is not None:
             encoding.backward(leaves)  # the encoders' backward, once for all terms
-        total = loss_img + lam_kl * loss_kl + lam_gan * loss_gan
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        if not torch.isfinite(grad_norm):
-            raise TrainingDiverged(f"non-finite gradient norm at step {step}; the last good checkpoint is kept")
-        self.opt_g.step()  # line 25
-        self.sched_g.step()
+        return loss_img, loss_kl, loss_gan, fakes
 
-        for j, memory in enumerate(self.memories):  # lines 27-28: m_j <- x_j where r_j = 1
-            memory.add(targets[available[:, j], j])
+    def _autocast(self):
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def _adversarial_term(self, out, step: int) -> torch.Tensor:
+        """Line 17: the adversarial term of every decoded modality (0 before the GAN phase)."""
+        draw_gan = torch.zeros((), device=self.device)
+        if self.lambda_gan(step) > 0:
+            for j in range(len(self.memories)):
+                scores = self.discriminators(j, out.reconstructions[:, j])
+                draw_gan = draw_gan + generator_loss(self.cfg.train.gan.loss, scores.float())
+        return draw_gan
+
+    def _term_loss(self, out, targets, scored, draw_gan, step: int):
+        """Lines 12-13 (KL), 18-19 and 23 for one term: every *available* modality is scored, in r' or
+        not (eq. 9). Returns ``(img, kl, total)``; a non-finite total stops the run."""
+        H, W = targets.shape[-2:]
+        draw_kl = kl_per_pixel(out.kl_total, H, W) if out.kl else torch.zeros((), device=self.device)
+        draw_img = reconstruction_loss(out.reconstructions, targets, scored, self.cfg.train.reconstruction)
+        draw_total = draw_img + self.lambda_kl(step) * draw_kl + self.lambda_gan(step) * draw_gan
+        if not torch.isfinite(draw_total):
+            raise TrainingDiverged(
+                f"non-finite loss at step {step} (img={draw_img.item():.4g}, kl={draw_kl.item():.4g}, "
+                f"gan={draw_gan.item():.4g}); the last good checkpoint is kept in "
+                f"{self.run_dir / 'checkpoints'}. Lower train.lr, check the inputs for extreme values, "
+                "or raise train.grad_clip."
+            )
+        return draw_img, draw_kl, draw_total
+
+    def _discriminator_step(self, targets, available, fake) -> torch.Tensor:
+        """Lines 26-32: each modality's discriminator, real images from the batch or the memory m_j."""
+        tc = self.cfg.train
         loss_d = torch.zeros((), device=self.device)
-        if lam_gan > 0:  # lines 26-32: discriminators
-            fake = torch.cat(fakes)
-            self.opt_d.zero_grad(set_to_none=True)
-            for j, memory in enumerate(self.memories):
-                real = real_images_for(j, targets, available, memory, fake.shape[0], self.subset_rng)  # line 30: m_j
-                if real is None:
-                    continue
-                d_real = self.discriminators(j, real)
-                d_fake = self.discriminators(j, fake[:, j])
-                loss_j = discriminator_loss(tc.gan.loss, d_real.float(), d_fake.float())
-                if tc.gan.loss == "wasserstein":
-                    penalty = gradient_penalty(self.discriminators.critics[j], real, fake[:, j], self.subset_rng)
-                    loss_j = loss_j + tc.gan.gradient_penalty * penalty
-                loss_d = loss_d + loss_j
-            if loss_d.requires_grad:
-                loss_d.backward()  # line 31
-                self.dist.sync_gradients(self.discriminators)
-                self.opt_d.step()  # line 32
-        return {
-            "loss": total.item(),
-            "img": loss_img.item(),
-            "kl": loss_kl.item(),
-            "gan_g": loss_gan.item(),
-            "gan_d": loss_d.item(),
-            "lambda_gan": lam_gan,
-            "lr": self.opt_g.param_groups[0]["lr"],
-            "grad_norm": float(grad_norm),
-        }
+        self.opt_d.zero_grad(set_to_none=True)
+        for j, memory in enumerate(self.memories):
+            real = real_images_for(j, targets, available, memory, fake.shape[0], self.subset_rng)  # line 30: m_j
+            if real is None:
+                continue
+            d_real = self.discriminators(j, real)
+            d_fake = self.discriminators(j, fake[:, j])
+            loss_j = discriminator_loss(tc.gan.loss, d_real.float(), d_fake.float())
+            if tc.gan.loss == "wasserstein":
+                penalty = gradient_penalty(self.discriminators.critics[j], real, fake[:, j], self.subset_rng)
+                loss_j = loss_j + tc.gan.gradient_penalty * penalty
+            loss_d = loss_d + loss_j
+        if loss_d.requires_grad:
+            loss_d.backward()  # line 31
+            self.dist.sync_gradients(self.discriminators)
+            self.opt_d.step()  # line 32
+        return loss_d
 
     # ------------------------------------------------------------------------------------------------
     def _fixed_validation_batch(self, val_set: Optional[Dataset]) -> Optional[dict]:

@@ -93,6 +93,18 @@ def test_synthesize_compile_falls_back_to_eager_when_compilation_fails(trained, 
                               nib.load(tmp_path / "compiled" / f"{name}.nii.gz").get_fdata())
 
 
+def test_synthesize_in_bf16_stays_close_to_float32(trained, cohort, tmp_path):
+    t2 = cohort.parent / "phantom004" / "phantom004-t2.nii.gz"
+    for amp in ("fp32", "bf16"):
+        assert main(["synthesize", "--checkpoint", str(trained), "--input", f"t2={t2}", "--out", str(tmp_path / amp),
+                     "--temperature", "0", "--amp", amp, "--targets", "cet1"]) == 0
+    exact = nib.load(tmp_path / "fp32" / "cet1.nii.gz").get_fdata()
+    rounded = nib.load(tmp_path / "bf16" / "cet1.nii.gz")
+    assert rounded.get_data_dtype() == np.float32 and np.isfinite(rounded.get_fdata()).all()
+    spread = np.abs(exact).max()
+    assert 0 < np.abs(rounded.get_fdata() - exact).max() < 0.1 * spread  # bf16 rounding, not another result
+
+
 def test_synthesize_volume_is_deterministic_at_temperature_zero(trained, cohort):
     from mmhvae.infer import load_model, synthesize_volume
 

@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="white-matter mask on the inputs' grid (used with --acquired-range)")
     p.add_argument("--acquired-range", action="store_true",
                    help="map targets that were inputs back to their acquired intensity range [harmonized units]")
+    p.add_argument("--amp", choices=["fp32", "bf16"], default="fp32",
+                   help="autocast precision: bf16 is 1.7-1.8x faster at the paper preset on a CPU with bf16 "
+                   "instructions and on GPUs; outputs differ from fp32 by bf16 rounding [fp32]")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network's cells (pays off on large volumes / GPUs; eager if it fails)")
     add_overwrite(p, "existing output files")
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from mmhvae.errors import UserError, check_device
     from mmhvae.infer import load_model, synthesize_volume
     from mmhvae.outputs import OutputFolder
+    from mmhvae.runtime import ExecutionPlan
 
     names = [n for n, _ in args.input]
     if len(set(names)) != len(names):
@@ -84,12 +88,15 @@ def run(args: argparse.Namespace) -> int:
         targets = list(args.targets) if args.targets else list(model.config.model.modalities)
         out.expect(output_names(targets, args.samples))
         tau = model.config.eval.temperature if args.temperature is None else args.temperature
+        plan = ExecutionPlan(memory_format="channels_last", amp=args.amp)
+
         def synthesize():
-            return synthesize_volume(
-                model, dict(args.input), targets=args.targets, temperature=tau, samples=args.samples,
-                batch_size=args.batch_size, seed=args.seed, progress=True,
-                brain_mask=args.mask, wm_mask=args.wm, acquired_range=args.acquired_range,
-            )
+            with plan.autocast(device):
+                return synthesize_volume(
+                    model, dict(args.input), targets=args.targets, temperature=tau, samples=args.samples,
+                    batch_size=args.batch_size, seed=args.seed, progress=True,
+                    brain_mask=args.mask, wm_mask=args.wm, acquired_range=args.acquired_range,
+                )
 
         results = synthesize_compiled(model.network, synthesize) if args.compile else synthesize()
         for name, img in results.items():

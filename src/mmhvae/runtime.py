@@ -1,13 +1,13 @@
 """How a network is executed on a device: memory layout, autocast precision, ``torch.compile``.
 
-Measured, not assumed (issue 14; ``benchmarks/execution.py``): on the 2-core AMD EPYC development CPU
-(AVX512 with bf16 instructions, torch 2.13) the NHWC (channels-last) layout made the ``small``
-preset's training step slower than NCHW, bf16 autocast slower than float32, and ``torch.compile`` of
-the cells took minutes to compile for a gain within the noise; on GPUs channels-last with bf16 is the
-usual fast path. Which is faster depends on the CPU, its oneDNN kernels and the widths, so ``auto``
-settings are decided by timing the real work: :func:`choose_by_timing` runs each candidate
-:class:`ExecutionPlan` on the same batch and keeps the fastest. The product of experts and the KL
-stay in float32 whatever the plan (:mod:`mmhvae.nn.gaussian`).
+Measured, not assumed (issue 14; ``benchmarks/execution.py``, BENCHMARKS.md): on the 2-core AMD EPYC
+development CPU (AVX512 with bf16 instructions, torch 2.13, one thread) the fastest training plan was
+NCHW + bf16 at the paper preset (1.44x NCHW float32; NHWC float32 0.93x) but NCHW float32 within the
+noise at the ``small`` preset (NHWC + bf16 0.63x there), while synthesis was fastest in NHWC at both.
+Which is faster depends on the CPU, its oneDNN kernels and the widths, so ``auto`` settings are
+decided by timing the real work: :func:`choose_by_timing` runs each candidate :class:`ExecutionPlan`
+on the same batch and keeps the fastest. The product of experts and the KL stay in float32 whatever
+the plan (:mod:`mmhvae.nn.gaussian`).
 
 ``torch.compile`` is opt-in (``train.compile``): :func:`compile_cells` compiles the repeated cells of
 a network (one graph per cell shape, not one per input subset), and :func:`uncompile` reverts them

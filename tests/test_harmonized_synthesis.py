@@ -192,6 +192,7 @@ def test_the_documented_api_a_bare_generator_and_a_loaded_trained_model(tmp_path
     cfg = preset("tiny")
     cfg.model.modalities, cfg.model.image_size = ["t2", "flair"], 16
     network = MMHVAE.from_config(cfg.model)
+    assert MMHVAE.from_config(cfg).state_dict().keys() == network.state_dict().keys()  # either config
     volume = np.zeros((16, 16, 4), dtype=np.float32)
     volume[4:12, 4:12] = np.random.default_rng(0).uniform(10, 20, (8, 8, 4))
     out = synthesize_volume(network, {"t2": nib.Nifti1Image(volume, np.eye(4))}, temperature=0.0)

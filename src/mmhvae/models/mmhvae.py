@@ -154,8 +154,9 @@ class MMHVAE(Generator):
             nn.init.zeros_(module[-1].bias)
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig) -> "MMHVAE":
-        return cls(cfg)
+    def from_config(cls, cfg) -> "MMHVAE":
+        """The network of a :class:`ModelConfig`, or of an experiment config's ``model`` section."""
+        return cls(getattr(cfg, "model", cfg))
 
     # ----------------------------------------------------------------------------------------------
     def encode(self, images: Tensor, observed: Tensor) -> "Encoding":

@@ -54,6 +54,9 @@ def test_choose_by_timing_keeps_the_fastest_and_times_each_candidate():
     assert best == plans[1] and times == {plans[0]: 3.0, plans[1]: 1.0}
     assert len(calls) == 2 * 3  # one warm-up and two timed runs each, interleaved
     assert calls[2:] == [plans[0], plans[1], plans[0], plans[1]]
+    cost = {plans[0]: 1.0, plans[1]: 0.95}  # 5 % faster: noise, the reference is kept
+    calls.clear()
+    assert choose_by_timing(plans, run, clock=clock)[0] == plans[0]
     only, none = choose_by_timing(plans[:1], lambda p: pytest.fail("must not run"))
     assert only == plans[0] and none == {}
 

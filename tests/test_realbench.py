@@ -146,3 +146,17 @@ def test_real_folder_split_and_licences(real_cases_dir, tmp_path):
     assert "CC BY-NC-SA" in licence_of("BraTS2013-pat0003", rows)
     assert "CC BY 4.0" in licence_of("RESECT-Case21", rows)
     assert "CC-BY" in licence_of("LjMS-cs-patient19", rows)
+
+
+def test_unreliable_harmonization_is_found_in_a_head_that_is_not_skull_stripped(real_cases_dir, tmp_path):
+    """LjMS-long-patient01 keeps its skull and has no brain mask: its white-matter estimate is wrong,
+    and the benchmark's screen names it; skull-stripped cases pass."""
+    from mmhvae.config import preset
+    from mmhvae.realbench import unreliable_harmonization
+
+    cfg = preset("real-cpu")
+    names = ["LjMS-long-patient01", "LjMS-cs-patient07", "BraTS2013-pat0001"]
+    split = build_split(tmp_path, real_cases_dir, cfg.model.modalities, cfg.data.modality_aliases,
+                        train_subjects=names, test_subjects=["LjMS-cs-patient19"])
+    flagged = unreliable_harmonization(split.manifest, cfg.data, cfg.model.modalities)
+    assert set(flagged) == {"LjMS-long-patient01"} and "white-matter" in flagged["LjMS-long-patient01"]

@@ -45,6 +45,7 @@ class RealSplit:
     val: list[str]
     test: list[str]
     availability: dict[str, list[str]] = field(default_factory=dict)  # subject -> its modalities
+    screened: dict[str, str] = field(default_factory=dict)  # subject left out -> why (unreliable harmonization)
 
 
 def _names(value: Optional[Sequence[str] | str]) -> list[str]:
@@ -153,6 +154,32 @@ def _write_manifest(out_dir: Path, rows, mods) -> tuple[Path, dict[str, list[str
 # --------------------------------------------------------------------------------------------------
 
 
+def unreliable_harmonization(manifest: Path, data_cfg, modalities: Sequence[str],
+                              splits: Sequence[str] = ("train", "val")) -> dict[str, str]:
+    """``{subject: warning}`` for the subjects of ``splits`` whose harmonization is doubtful.
+
+    A head that is not skull-stripped and has no brain mask makes the white-matter estimate pick scalp
+    or skull (``HarmonizationWarning``); its harmonized targets then sit on another scale and teach
+    every model, and the references' training statistics, the wrong one. Test subjects are not
+    screened (they are scored as given)."""
+    import warnings
+
+    from mmhvae.data.cohort import Cohort, load_subject
+    from mmhvae.data.harmonize import HarmonizationWarning, harmonize_subject
+
+    cohort = Cohort.load(manifest, modalities=list(modalities), aliases=data_cfg.modality_aliases or None)
+    flagged: dict[str, str] = {}
+    for split in splits:
+        for subject in cohort.select(split):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", HarmonizationWarning)
+                harmonize_subject(load_subject(subject), data_cfg)
+            found = [str(w.message) for w in caught if issubclass(w.category, HarmonizationWarning)]
+            if found:
+                flagged[subject.name] = found[0]
+    return flagged
+
+
 def kl_per_level(model, planes_inputs: Mapping[str, np.ndarray], max_slices: int = 16) -> Optional[list[dict]]:
     """KL(q || p) per latent level (finest first) at temperature 1 on up to ``max_slices`` slices with
     every given input: ``[{"level", "elements", "kl_slice", "kl_element"}]`` (nats), or None for a
@@ -257,6 +284,7 @@ def run_realbench(
     log=print,
     jobs: int = 1,
     threads: Optional[int] = None,
+    screen: bool = True,
 ) -> RealBenchResult:
     """Split, train every method, score on the test subjects with the references; see the module docstring."""
     from mmhvae.checkpoint import load_trained
@@ -269,6 +297,14 @@ def run_realbench(
     mods = list(base.model.modalities)
     split = build_split(out_dir, train_source, mods, base.data.modality_aliases, test_source, test_subjects,
                         val_subjects, train_subjects, exclude)
+    screened = unreliable_harmonization(split.manifest, base.data, mods) if screen else {}
+    if screened:  # left out of training and validation, said in the log and the report
+        for name, why in screened.items():
+            log(f"[real] leaving {name} out: {why}")
+        keep = [n for n in _names(val_subjects) if n not in screened], [n for n in _names(train_subjects) if n not in screened]
+        split = build_split(out_dir, train_source, mods, base.data.modality_aliases, test_source, test_subjects,
+                            keep[0], keep[1], sorted(set(_names(exclude)) | set(screened)))
+        split.screened = screened
     log(f"[real] train {split.train}, val {split.val}, test {split.test} -> {split.manifest}")
     base.data.cohort = str(split.manifest)
     if not split.val:
@@ -396,6 +432,7 @@ def realbench_markdown(base, methods, ref_names, split: RealSplit, rows, result,
     ]
     for role, names in (("train", split.train), ("val (model selection)", split.val), ("test", split.test)):
         parts += [f"| {n} | {role} | {', '.join(split.availability.get(n, []))} |" for n in names]
+    parts += [f"| {n} | left out: unreliable harmonization ({why}) | |" for n, why in split.screened.items()]
     parts += ["", "| Method | Training time (s) | evaluated checkpoint (step) |", "|---|---|---|"]
     for n in methods:
         secs = "same model as " + result.same_as[n] if n in result.same_as else f"{result.train_seconds.get(n, 0):.0f}"

@@ -192,6 +192,9 @@ def _add_real_subcommand(actions: argparse._SubParsersAction, method_help: str) 
                       help="comma-separated subjects of --train used for model selection only (never test ones)")
     real.add_argument("--train-subjects", default=None, help="comma-separated: train only on these subjects of --train")
     real.add_argument("--exclude", default=None, help="comma-separated subjects of --train left out entirely")
+    real.add_argument("--keep-unreliable", action="store_true",
+                      help="keep training/validation subjects whose harmonization is doubtful (e.g. heads that "
+                      "are not skull-stripped, without a brain mask); by default they are left out and listed")
     real.add_argument("--methods", default=DEFAULT_REAL_METHODS, help=method_help)
     real.add_argument("--budget-steps", type=int, required=True, help="training steps per method")
     real.add_argument("--preset", default="real-cpu", help="config preset or YAML file (default real-cpu)")
@@ -225,6 +228,7 @@ def run_real(args: argparse.Namespace) -> int:
         base, parse_methods(args.methods), args.out, args.train, args.test, args.test_subjects,
         args.val_subjects, args.train_subjects, args.exclude, references=not args.no_references,
         pictures=not args.no_pictures, progress=not args.no_progress, jobs=args.jobs, threads=args.threads,
+        screen=not args.keep_unreliable,
     )
     print(result.markdown.read_text())
     print(f"[real] written {result.markdown} ({result.seconds / 60:.1f} min)")

@@ -39,3 +39,31 @@ def real_data_dir(real_cases_dir, tmp_path_factory) -> Path:
     for name in REAL_PAIR:
         (folder / name).symlink_to(real_cases_dir / name, target_is_directory=True)
     return folder
+
+
+@pytest.fixture
+def compile_raises(monkeypatch):
+    """``compile_raises(message, from_module)``: from then on ``runtime.compile_cells`` installs, on
+    every cell, a compiled call that raises an error at the first call: one that looks raised by
+    torch.compile's machinery (``from_module``, e.g. ``torch._dynamo.exc``: a broken compiler), or with
+    ``from_module=None`` a ValueError (a bug of the model itself)."""
+    from mmhvae import runtime
+
+    def install(message: str, from_module=None) -> None:
+        if from_module:
+            error = type("CompileFailure", (RuntimeError,), {"__module__": from_module})(message)
+        else:
+            error = ValueError(message)
+
+        def broken(model, units=None):
+            def fail(*args, **kwargs):
+                raise error
+
+            for module in model.modules():
+                if isinstance(module, runtime.compile_units()):
+                    module._compiled_call_impl = fail
+            return 1
+
+        monkeypatch.setattr(runtime, "compile_cells", broken)
+
+    return install

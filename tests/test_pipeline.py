@@ -64,26 +64,12 @@ def test_synthesize_cli_keeps_geometry_and_writes_uncertainty(trained, cohort, t
     assert nib.load(out / "us_std.nii.gz").get_fdata().max() > 0  # samples differ at tau > 0
 
 
-def test_synthesize_compile_falls_back_to_eager_when_compilation_fails(trained, cohort, tmp_path, monkeypatch, capsys):
-    from mmhvae import runtime
-
-    class FakeDynamoError(RuntimeError):
-        pass
-
-    FakeDynamoError.__module__ = "torch._dynamo.exc"
-
-    def broken(network, units=None):
-        for module in network.modules():
-            if isinstance(module, runtime.compile_units()):
-                def fail(*args, **kwargs):
-                    raise FakeDynamoError("backend compiler failed")
-                module._compiled_call_impl = fail
-        return 1
-
+def test_synthesize_compile_falls_back_to_eager_when_compilation_fails(trained, cohort, tmp_path, compile_raises,
+                                                                       capsys):
     t2 = cohort.parent / "phantom004" / "phantom004-t2.nii.gz"
     assert main(["synthesize", "--checkpoint", str(trained), "--input", f"t2={t2}", "--out", str(tmp_path / "eager"),
                  "--temperature", "0"]) == 0
-    monkeypatch.setattr(runtime, "compile_cells", broken)
+    compile_raises("backend compiler failed", from_module="torch._dynamo.exc")
     capsys.readouterr()
     assert main(["synthesize", "--checkpoint", str(trained), "--input", f"t2={t2}", "--out",
                  str(tmp_path / "compiled"), "--temperature", "0", "--compile"]) == 0

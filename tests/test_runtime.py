@@ -130,21 +130,8 @@ def test_resume_keeps_the_measured_plan(tmp_path, monkeypatch):
     assert again.memory_format is first.plan.torch_memory_format
 
 
-def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
-    class FakeInductorError(RuntimeError):
-        pass
-
-    FakeInductorError.__module__ = "torch._inductor.exc"
-
-    def broken_compile(model, units=None):
-        for module in model.modules():
-            if isinstance(module, runtime.compile_units()):
-                def fail(*args, **kwargs):
-                    raise FakeInductorError("C++ compile error: no compiler")
-                module._compiled_call_impl = fail
-        return 1
-
-    monkeypatch.setattr(runtime, "compile_cells", broken_compile)
+def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, compile_raises):
+    compile_raises("C++ compile error: no compiler", from_module="torch._inductor.exc")
     trainer = _trainer(tmp_path, "compiled", "train.compile=true")
     assert trainer.compiled
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
@@ -152,15 +139,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatc
     assert not trainer.compiled and trainer.step == 3
 
 
-def test_a_model_error_under_compile_is_not_swallowed(tmp_path, monkeypatch):
-    def broken_compile(model, units=None):
-        for module in model.modules():
-            if isinstance(module, runtime.compile_units()):
-                def fail(*args, **kwargs):
-                    raise ValueError("a bug in the model")
-                module._compiled_call_impl = fail
-        return 1
-
-    monkeypatch.setattr(runtime, "compile_cells", broken_compile)
+def test_a_model_error_under_compile_is_not_swallowed(tmp_path, compile_raises):
+    compile_raises("a bug in the model")
     with pytest.raises(ValueError, match="a bug in the model"):
         _trainer(tmp_path, "compiled", "train.compile=true").fit()

@@ -223,8 +223,11 @@ class Trainer:
         return loss_img, loss_kl, loss_gan, fakes
 
     def _autocast(self):
-        dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        return self.running.autocast(self.device)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return self.running.torch_memory_format
 
     def _adversarial_term(self, out, step: int) -> torch.Tensor:
         """Line 17: the adversarial term of every decoded modality (0 before the GAN phase)."""
@@ -377,9 +380,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def _apply_plan(self, plan: "runtime.ExecutionPlan", chosen: bool = True) -> None:
-        self.memory_format = plan.torch_memory_format
-        self.autocast_dtype = plan.autocast_dtype
-        self.model.to(memory_format=self.memory_format)
+        self.running = plan  # what the steps use now; ``plan`` once chosen
+        self.model.to(memory_format=plan.torch_memory_format)
         if chosen:
             self.plan = plan
 

@@ -27,7 +27,9 @@ from mmhvae.atomic import atomic_write
 from mmhvae.config import ConfigError, ExperimentConfig
 
 FORMAT = "mmhvae-generator"
-FORMAT_VERSION = "1"
+# 2: the image heads' GroupNorm before the output convolution became optional (model.head_output_norm,
+# off by default); a format-1 file was written when every head had it, and loads with it on.
+FORMAT_VERSION = "2"
 
 
 from mmhvae.errors import CheckpointError, CheckpointNotFoundError  # noqa: E402,F401 - the project errors
@@ -108,10 +110,17 @@ def read_generator(path: str | Path, family: str = "mmhvae") -> tuple[dict[str, 
     try:
         import yaml
 
-        config = _config_class(family).from_dict(yaml.safe_load(metadata["config"]))
+        config = _config_class(family).from_dict(_upgrade_embedded(yaml.safe_load(metadata["config"]), metadata))
     except (KeyError, ConfigError, Exception) as exc:  # noqa: BLE001 - report any config problem by file
         raise CheckpointError(f"{path}: the embedded config is invalid ({exc})") from None
     return state, config, metadata
+
+
+def _upgrade_embedded(data: Any, metadata: dict[str, str]) -> Any:
+    """The embedded config of a file of an earlier format version, as that file's network was built."""
+    if metadata.get("format_version", "1") == "1" and isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data["model"].setdefault("head_output_norm", True)  # every image head ended in a GroupNorm then
+    return data
 
 
 def check_weights(path: str | Path, state: dict[str, torch.Tensor], model: nn.Module, what: str = "its config") -> None:

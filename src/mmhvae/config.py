@@ -108,6 +108,11 @@ class ModelConfig:
     depthwise_kernel: int = 5
     head_blocks: int = 5
     head_channels: int = 16
+    # A GroupNorm right before each head's output convolution (as every head had before issue 17).
+    # Off: it normalizes with the whole slice's statistics, so the level it leaves where the image is 0
+    # moves with the slice's content, a haze the output convolution cannot cancel (measured in
+    # BENCHMARKS.md, "Against the multivae library"). Checkpoints of format 1 load with it on.
+    head_output_norm: bool = False
     se_reduction: int = 8
     logvar_clamp: float = 8.0
     mean_clamp: float = 20.0

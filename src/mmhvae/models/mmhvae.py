@@ -140,7 +140,9 @@ class MMHVAE(Generator):
         head_in = lat[0] if lat[0] > 0 else cfg.head_channels
         # Without a latent at full resolution (depth ablation) the heads read a projection of the state.
         self.head_proj = nn.Identity() if lat[0] > 0 else nn.Conv2d(ch[0], cfg.head_channels, 1)
-        self.heads = nn.ModuleList(image_head(head_in, cfg.head_channels, cfg.head_blocks) for _ in range(M))
+        self.heads = nn.ModuleList(
+            image_head(head_in, cfg.head_channels, cfg.head_blocks, cfg.head_output_norm) for _ in range(M)
+        )
         self._init_experts()
 
     def _init_experts(self) -> None:

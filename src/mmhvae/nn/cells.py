@@ -107,9 +107,14 @@ def upsample(in_channels: int, out_channels: int) -> nn.Module:
     )
 
 
-def image_head(in_channels: int, channels: int, blocks: int) -> nn.Module:
-    """mu_theta_j(z_1): ResNet blocks on the finest latent, then one output channel (paper §4.1)."""
+def image_head(in_channels: int, channels: int, blocks: int, output_norm: bool = False) -> nn.Module:
+    """mu_theta_j(z_1): ResNet blocks on the finest latent, then one output channel (paper §4.1).
+
+    ``output_norm``: a GroupNorm before the output convolution (``model.head_output_norm``; off by
+    default, see :class:`mmhvae.config.ModelConfig`).
+    """
     layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
     layers += [ResBlock(channels) for _ in range(blocks)]
-    layers += [group_norm(channels), nn.SiLU(), nn.Conv2d(channels, 1, 3, padding=1)]
+    layers += [group_norm(channels)] if output_norm else []
+    layers += [nn.SiLU(), nn.Conv2d(channels, 1, 3, padding=1)]
     return nn.Sequential(*layers)

@@ -151,18 +151,18 @@ def requests(available):
 # ------------------------------------------------------------------------------------------------
 
 
-def run_ours(method: str, data: Path, out: Path, steps: int) -> None:
+def run_ours(method: str, data: Path, out: Path, steps: int, overrides=()) -> None:
     import numpy as np
     import torch
 
     torch.set_num_threads(1)
-    from mmhvae.config import preset
+    from mmhvae.config import apply_overrides, preset
     from mmhvae.methods import apply_method
     from mmhvae.train.batches import ArraySliceDataset
     from mmhvae.train.trainer import Trainer
 
     d = np.load(data)
-    cfg = apply_method(preset("small"), method)
+    cfg = apply_overrides(apply_method(preset("small"), method), list(overrides))
     cfg.train.steps = steps
     cfg.train.draws = 1  # one sample of the posterior per step, as the library (MVAE ignores draws)
     cfg.train.checkpoint_every = steps
@@ -342,27 +342,33 @@ def score(data: Path, out: Path, methods=("mvae", "mopoe")) -> dict:
     results = {}
     for method in methods:
         preds = {side: np.load(out / f"pred-{side}-{method}.npz") for side in ("ours", "library")}
-        rows = []
+        rows = {"raw": [], "masked": []}
         for label, req, t in cells(len(mods)):
             if label.startswith("from "):
                 label = f"{mods[int(label[5:])]} -> {mods[t]}"
             else:
                 label = f"{label} -> {mods[t]}"
             valid = reqs[req].any(1) & avail[:, t]
-            per = {"ours": [], "library": []}
+            per = {(kind, side): [] for kind in rows for side in ("ours", "library")}
             for s in sorted(set(subj[valid])):
                 sel = valid & (subj == s)
                 target = x[sel, t]
                 if not (target > 0).any():
                     continue
-                for side in per:
+                # What `mmhvae synthesize` writes without a brain mask (data.mask_outputs): 0 outside the
+                # union of the given inputs' non-background pixels, the same for both sides.
+                inside = ((x[sel] != 0) & reqs[req][sel][:, :, None, None]).any(axis=1)
+                for side in ("ours", "library"):
                     pred = preds[side][req][sel, t].astype(np.float32)
-                    per[side].append(score_volume(pred, target, axis=0, with_ssim3d=False, with_lpips=False)["psnr"])
-            if not per["ours"]:
+                    for kind, p in (("raw", pred), ("masked", np.where(inside, pred, np.float32(0)))):
+                        per[kind, side].append(
+                            score_volume(p, target, axis=0, with_ssim3d=False, with_lpips=False)["psnr"])
+            if not per["raw", "ours"]:
                 continue
-            o, lib = np.array(per["ours"]), np.array(per["library"])
-            rows.append({"cell": label, "n": len(o), "ours": float(o.mean()), "library": float(lib.mean()),
-                         "wins": int((o > lib).sum())})
+            for kind in rows:
+                o, lib = np.array(per[kind, "ours"]), np.array(per[kind, "library"])
+                rows[kind].append({"cell": label, "n": len(o), "ours": float(o.mean()), "library": float(lib.mean()),
+                                   "wins": int((o > lib).sum())})
         results[method] = rows
     (out / "scores.json").write_text(json.dumps(results, indent=1))
     return results
@@ -370,28 +376,34 @@ def score(data: Path, out: Path, methods=("mvae", "mopoe")) -> dict:
 
 def report(results: dict, out: Path, steps: int, command: str) -> str:
     lines = [f"Command: `{command}`", ""]
-    for method, rows in results.items():
+    groups = {"self": lambda c: c.startswith("self"), "all-input": lambda c: c.startswith("all-input"),
+              "all-others": lambda c: c.startswith("all-others"),
+              "single-input cross-modal": lambda c: not c.startswith(("self", "all"))}
+    for method, kinds in results.items():
         t_ours = json.loads((out / f"time-ours-{method}.json").read_text())
         t_lib = json.loads((out / f"time-library-{method}.json").read_text())
         lines += [f"### {method}: ours {t_ours['params']:,} parameters, {t_ours['s_per_step']:.2f} s/step; "
                   f"multivae {t_lib['params']:,} parameters (width {t_lib['width']}), {t_lib['s_per_step']:.2f} s/step",
-                  "", "| Cell (inputs -> target) | subjects | ours PSNR | multivae PSNR | ours - multivae | ours better (subjects) |",
-                  "|---|---|---|---|---|---|"]
-        for r in rows:
+                  "", "Raw network outputs (raw) and outputs set to 0 outside the given inputs' foreground "
+                  "(masked, as `mmhvae synthesize` writes them), PSNR (dB):", "",
+                  "| Cell (inputs -> target) | subjects | ours raw | multivae raw | ours - multivae raw "
+                  "| ours better raw (subjects) | ours masked | multivae masked | ours - multivae masked |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r, m in zip(kinds["raw"], kinds["masked"]):
             lines.append(f"| {r['cell']} | {r['n']} | {r['ours']:.2f} | {r['library']:.2f} | "
-                         f"{r['ours'] - r['library']:+.2f} | {r['wins']}/{r['n']} |")
-        groups = {"self": lambda c: c.startswith("self"), "all-input": lambda c: c.startswith("all-input"),
-                  "all-others": lambda c: c.startswith("all-others"),
-                  "single-input cross-modal": lambda c: not c.startswith(("self", "all"))}
-        lines += ["", "| Group | cells | mean ours - multivae (dB) | cells ours >= multivae - 0.3 dB | cells ours better | subject pairs ours better |",
-                  "|---|---|---|---|---|---|"]
+                         f"{r['ours'] - r['library']:+.2f} | {r['wins']}/{r['n']} | {m['ours']:.2f} | "
+                         f"{m['library']:.2f} | {m['ours'] - m['library']:+.2f} |")
+        lines += ["", "| Group | outputs | cells | mean ours - multivae (dB) | cells ours >= multivae - 0.3 dB "
+                  "| cells ours better | subject pairs ours better |", "|---|---|---|---|---|---|---|"]
         for g, f in groups.items():
-            sel = [r for r in rows if f(r["cell"])]
-            if not sel:
-                continue
-            diff = [r["ours"] - r["library"] for r in sel]
-            lines.append(f"| {g} | {len(sel)} | {sum(diff) / len(diff):+.2f} | {sum(d >= -0.3 for d in diff)}/{len(sel)} | "
-                         f"{sum(d > 0 for d in diff)}/{len(sel)} | {sum(r['wins'] for r in sel)}/{sum(r['n'] for r in sel)} |")
+            for kind, rows in kinds.items():
+                sel = [r for r in rows if f(r["cell"])]
+                if not sel:
+                    continue
+                diff = [r["ours"] - r["library"] for r in sel]
+                lines.append(f"| {g} | {kind} | {len(sel)} | {sum(diff) / len(diff):+.2f} | "
+                             f"{sum(d >= -0.3 for d in diff)}/{len(sel)} | {sum(d > 0 for d in diff)}/{len(sel)} | "
+                             f"{sum(r['wins'] for r in sel)}/{sum(r['n'] for r in sel)} |")
         lines.append("")
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
@@ -413,11 +425,13 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=["ours", "library"], help=argparse.SUPPRESS)
     p.add_argument("--method", choices=["mvae", "mopoe"], help=argparse.SUPPRESS)
     p.add_argument("--params", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--ours-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for our models (repeatable), e.g. model.head_channels=16")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     data = args.out / "slices.npz"
     if args.worker == "ours":
-        run_ours(args.method, data, args.out, args.steps)
+        run_ours(args.method, data, args.out, args.steps, args.ours_override)
         return 0
     if args.worker == "library":
         run_library(args.method, data, args.out, args.steps, args.params)
@@ -426,7 +440,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     python = ensure_venv(args.venv)
     export_slices(args.out, args.subjects, args.steps, args.seed)
-    from mmhvae.config import preset
+    from mmhvae.config import apply_overrides, preset
     from mmhvae.methods import apply_method
     from mmhvae.models import build_model
 
@@ -434,8 +448,10 @@ def main(argv=None) -> int:
     jobs = []
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in methods:
-        params = sum(q.numel() for q in build_model(apply_method(preset("small"), method).model).parameters())
+        ours_cfg = apply_overrides(apply_method(preset("small"), method), args.ours_override)
+        params = sum(q.numel() for q in build_model(ours_cfg.model).parameters())
         common = ["--out", str(args.out), "--steps", str(args.steps), "--method", method]
+        common += [f"--ours-override={o}" for o in args.ours_override]
         if not (args.out / f"pred-ours-{method}.npz").exists():
             jobs.append([sys.executable, str(Path(__file__).resolve()), "--worker", "ours", *common])
         if not (args.out / f"pred-library-{method}.npz").exists():

@@ -135,6 +135,26 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_resuming_a_run_whose_network_differs_is_refused_naming_the_file(tmp_path):
+    """A run interrupted under an earlier version (here: image heads with their old output GroupNorm)."""
+    from mmhvae.checkpoint import CheckpointError
+
+    cfg = _cfg(steps=4, batch_size=4, checkpoint_every=2, validate_every=100)
+    old_cfg = copy.deepcopy(cfg)
+    old_cfg.model.head_output_norm = True
+    old = Trainer(old_cfg, tmp_path / "run", _dataset(), None, progress=False)
+    old.training_step(old.batches.batch(0), 0)
+    old.step = 1
+    old.save()
+    state_path = tmp_path / "run" / "checkpoints" / "last_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["config_yaml"] = cfg.to_yaml()  # the run's config as the new version reads it: the key is absent
+    torch.save(state, state_path)
+    resumed = Trainer(cfg, tmp_path / "run", _dataset(), None, progress=False)
+    with pytest.raises(CheckpointError, match="last_state.pt: weights do not fit"):
+        resumed.resume()
+
+
 def test_nan_guard_stops_with_a_clear_message(tmp_path):
     ds = _dataset()
     ds.images[0, 0, 0, 0] = float("nan")

@@ -442,6 +442,10 @@ class Trainer:
         state = ckpt.resume_state(self.run_dir, ExperimentConfig, self.cfg.model)
         if state is None:
             return False
+        # e.g. a run started before model.head_output_norm existed: its heads hold a GroupNorm more
+        ckpt.check_weights(ckpt.latest_state(self.run_dir), state["model"], self.model,
+                           "this version's network for the run's config (a run started by an earlier version "
+                           "is resumed with that version; its best/last checkpoints load here)")
         self.load_state_dict(state)
         return True
 

@@ -254,7 +254,7 @@ def resume_state(run_dir: Path, config_class: type, model_config: Any) -> Option
 #: evaluation settings (not used by training). Everything else (model, data, objective) is the run's.
 RESUMABLE_CHANGES = (
     "name", "train.steps", "train.device", "train.log_every", "train.checkpoint_every", "train.validate_every",
-    "data.num_workers", "data.cache_dir", "eval.",
+    "data.cache_dir", "eval.",
 )
 
 

@@ -44,7 +44,7 @@ CACHE_VERSION = 3  # bump when the preprocessing changes what it writes
 # DataConfig fields that do not change the preprocessed slices (so they must not change the cache key).
 _NOT_PREPROCESSING = {
     "cohort", "modality_aliases", "balance_patterns", "augment", "augment_flip", "augment_rotation",
-    "augment_scale", "augment_translation", "num_workers", "cache_dir",
+    "augment_scale", "augment_translation", "cache_dir",
 }
 _OPEN_SUBJECTS = 32  # memory maps kept open per process (each holds a file descriptor)
 

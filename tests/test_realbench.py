@@ -160,3 +160,11 @@ def test_unreliable_harmonization_is_found_in_a_head_that_is_not_skull_stripped(
                         train_subjects=names, test_subjects=["LjMS-cs-patient19"])
     flagged = unreliable_harmonization(split.manifest, cfg.data, cfg.model.modalities)
     assert set(flagged) == {"LjMS-long-patient01"} and "white-matter" in flagged["LjMS-long-patient01"]
+
+
+def test_real_cpu_preset_synthesizes_at_the_papers_temperature():
+    """The real preset samples at tau = 0.5 (paper §4.1); the phantom presets keep posterior means."""
+    from mmhvae.config import preset
+
+    assert preset("real-cpu").eval.temperature == 0.5
+    assert preset("small").eval.temperature == 0.0

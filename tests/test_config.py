@@ -114,3 +114,18 @@ def test_an_old_resvit_override_is_renamed():
         warnings.simplefilter("always")
         cfg = apply_overrides(preset("tiny"), ["model.art_blocks=3"])
     assert cfg.model.resvit.art_blocks == 3 and any("model.resvit.art_blocks" in str(w.message) for w in caught)
+
+
+def test_scientific_notation_is_a_number_in_overrides_and_yaml(tmp_path):
+    """PyYAML reads "1e-4" as a string; the config takes it as the number a user means."""
+    from mmhvae.config import ConfigError, ExperimentConfig, apply_overrides, preset
+
+    cfg = apply_overrides(preset("tiny"), ["train.kl_weight=1e-4", "train.lr=2E-3"])
+    assert cfg.train.kl_weight == 1e-4 and cfg.train.lr == 2e-3
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    path.write_text(path.read_text().replace("kl_weight: 0.0001", "kl_weight: 5e-5"))
+    assert "5e-5" in path.read_text()
+    assert ExperimentConfig.load(path).train.kl_weight == 5e-5
+    with pytest.raises(ConfigError, match="expected a number"):
+        apply_overrides(preset("tiny"), ["train.kl_weight=small"])

@@ -117,3 +117,15 @@ def test_crop_to_the_ultrasound_field_of_view(cohort, cfg):
     assert len(dataset) < len(full)  # slices outside the ultrasound sector are left out
     # Every kept slice shows some of the ultrasound sector.
     assert all(dataset[i]["targets"][0].max() > 0 for i in range(len(dataset)))
+    # The targets (every modality) are 0 outside the cropped field of view: nothing outside the cone
+    # is asked of the model, nor scored (outputs are masked to it), while the inputs keep their context.
+    from mmhvae.data.dataset import preprocess_subject
+
+    pre = preprocess_subject(cohort.subjects[0], cropped_cfg, MODALITIES, SIZE)
+    outside = ~pre.slices.foreground
+    assert outside.any()
+    for m, target in pre.targets.items():
+        assert np.count_nonzero(np.asarray(target)[outside]) == 0, m
+    uncropped = preprocess_subject(cohort.subjects[0], cfg, MODALITIES, SIZE)
+    assert any(np.count_nonzero(np.asarray(v)) > np.count_nonzero(np.asarray(pre.targets[m]))
+               for m, v in uncropped.targets.items())

@@ -40,7 +40,7 @@ from mmhvae.data.frame_slices import FrameSlices, frame_slices
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # bump when the preprocessing changes what it writes
+CACHE_VERSION = 4  # bump when the preprocessing changes what it writes
 # DataConfig fields that do not change the preprocessed slices (so they must not change the cache key).
 _NOT_PREPROCESSING = {
     "cohort", "modality_aliases", "balance_patterns", "augment", "augment_flip", "augment_rotation",
@@ -129,6 +129,12 @@ def preprocess_subject(
     inputs = {m: normalize_input_slices(sliced.stacks[f"{m}.input"], cfg, sliced.stacks[f"{m}.foreground"])
               for m in present}
     stacked_targets = {m: sliced.stacks[f"{m}.target"] for m in present}
+    if restrict is not None:
+        # What the model is asked to synthesize (and is scored on) is what the cropping modality sees:
+        # an MR target outside the ultrasound cone cannot be inferred from the ultrasound and the
+        # outputs are masked to this foreground, so the harmonized targets are 0 there too.
+        stacked_targets = {m: np.where(sliced.foreground, t, np.float32(0)).astype(t.dtype)
+                           for m, t in stacked_targets.items()}
     # Training items: tile slices that hold foreground (a tile at the edge of a wide brain may not).
     fraction = sliced.foreground.reshape(sliced.foreground.shape[0], -1).mean(axis=1)
     items = np.flatnonzero((fraction > 0) & (fraction >= cfg.min_foreground_fraction)) if cfg.foreground_only \

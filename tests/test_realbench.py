@@ -168,3 +168,19 @@ def test_real_cpu_preset_synthesizes_at_the_papers_temperature():
 
     assert preset("real-cpu").eval.temperature == 0.5
     assert preset("small").eval.temperature == 0.0
+
+
+def test_real_cpu_preset_scores_reconstructions_with_l1():
+    """The real preset's likelihood is L1 (the authors' code), and the trainer's loss is then the mean
+    absolute error: a residual of 0.1 costs 0.1, not 0.01."""
+    import torch
+
+    from mmhvae.config import preset
+    from mmhvae.train.losses import reconstruction_loss
+
+    kind = preset("real-cpu").train.reconstruction
+    assert kind == "l1"
+    truth = torch.zeros(1, 2, 4, 4)
+    recon = truth + 0.1
+    available = torch.tensor([[True, False]])
+    assert float(reconstruction_loss(recon, truth, available, kind)) == pytest.approx(0.1)

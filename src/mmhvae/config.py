@@ -556,9 +556,9 @@ def _tiny() -> ExperimentConfig:
 def _real_cpu() -> ExperimentConfig:
     """Real brain MR on a CPU (issue 18): T1 / T2 / T1c / FLAIR, 96² at 2 mm isotropic (a 192 mm field
     of view: a whole adult brain in one tile), the ``small`` network with wider fine stages and heads,
-    L1 reconstruction, uniform input subsets (no
-    ultrasound anchor group). ``--preset real-cpu model.modalities=[us,t1]`` and a finer
-    ``data.spacing`` for the RESECT ultrasound pairs (see docs/real_data.md)."""
+    L1 reconstruction, uniform input subsets (no ultrasound anchor group). ``--preset real-cpu
+    model.modalities=[us,t1]`` and a finer ``data.spacing`` for the RESECT ultrasound pairs (see
+    docs/real_data.md)."""
     cfg = _small()
     cfg.name = "real-cpu"
     cfg.model.modalities = ["t1", "t2", "cet1", "flair"]

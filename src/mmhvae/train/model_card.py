@@ -120,7 +120,7 @@ def write_model_card(cfg, run_dir: Path, history: Optional[list] = None, best_st
               "", "## Budget", "",
               f"- {cfg.train.steps} steps, batch {cfg.train.batch_size}, {cfg.train.draws} subset draws per step "
               f"(policy `{cfg.train.subset_policy}`), objective `{getattr(cfg.train, 'objective', 'mixture')}`, "
-              f"reconstruction `{getattr(cfg.train, 'reconstruction', 'mse')}`, "
+              f"reconstruction `{cfg.train.reconstruction}`, "
               f"{cfg.train.optimizer} lr {cfg.train.lr} → {cfg.train.lr_min} (cosine), KL weight "
               f"{cfg.train.kl_weight} (warm-up fraction {cfg.train.kl_warmup_fraction}), GAN "
               f"{'weight ' + str(cfg.train.gan.weight) + ' from ' + str(cfg.train.gan.start_fraction) + ' of training' if cfg.train.use_gan else 'off'}, "

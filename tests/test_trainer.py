@@ -186,6 +186,60 @@ def test_validation_psnr_uses_a_fixed_range_and_skips_empty_slices(tmp_path):
     assert score is not None and 36.0 < score < 40.01
 
 
+class _MeanAbsDistance(torch.nn.Module):
+    """A stand-in for LPIPS with a closed form: the mean |x - y| of two images mapped to [-1, 1]."""
+
+    def forward(self, x, y):
+        assert x.shape == y.shape and x.shape[1] == 1 and x.min() >= -1 and x.max() <= 1
+        return (x - y).abs().flatten(1).mean(1)
+
+
+def test_validation_lpips_scores_the_same_outputs_and_reaches_the_run_log(tmp_path, monkeypatch):
+    """train.validate_lpips: every scored (slice, target) pair through the perceptual metric on the
+    evaluator's [0, range] -> [-1, 1] mapping, logged as val_lpips; model selection stays on PSNR."""
+    import csv
+
+    import mmhvae.eval.lpips as lpips_module
+    from mmhvae.models.mmhvae import MMHVAEOutput
+
+    monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: _MeanAbsDistance())
+    cfg = _cfg(steps=2, validate_every=1, checkpoint_every=100, validate_lpips=True)
+    val = _dataset(6, seed=1, missing_third=False)
+    trainer = Trainer(cfg, tmp_path / "run", _dataset(), val, progress=False)
+
+    class OffByOneHundredth(torch.nn.Module):
+        def forward(self, images, observed, temperature=0.0):
+            return MMHVAEOutput(reconstructions=images + 0.01, kl=[], latents=[])
+
+    real_model = trainer.model
+    trainer.model = OffByOneHundredth()
+    trainer.validate()
+    # Every slice is scored for every target (the output ignores the subset): the closed form is the
+    # mean over (slice, target) of |clip(2 (t + 0.01) / range - 1) - (2 t / range - 1)|, ranges 1, 1, 0.7.
+    t = val.images
+    span = t.flatten(2).amax(2).amax(0)[None, :, None, None]
+    expected = ((2 * (t + 0.01) / span - 1).clamp(-1, 1) - (2 * t / span - 1)).abs().flatten(2).mean(2).mean()
+    assert trainer.val_lpips == pytest.approx(float(expected), rel=1e-5)
+    assert 0 < trainer.val_lpips < 0.0286  # < 0.02 / 0.7: the clip at +1 eats the peak voxels' error
+    trainer.model = real_model
+    trainer.fit()
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["key"] in ("val_psnr", "val_lpips")]
+    assert [(r["step"], r["key"]) for r in rows] == [("1", "val_psnr"), ("1", "val_lpips"),
+                                                      ("2", "val_psnr"), ("2", "val_lpips")]
+    assert all(0 <= float(r["value"]) <= 2 for r in rows if r["key"] == "val_lpips")
+    assert "val_lpips" in trainer.history[-1]
+
+
+def test_validation_lpips_off_by_default_and_without_weights(tmp_path, monkeypatch):
+    import mmhvae.eval.lpips as lpips_module
+
+    assert _cfg().train.validate_lpips is False and preset("real-cpu").train.validate_lpips is True
+    monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: None)  # weights not to be had
+    trainer = Trainer(_cfg(validate_lpips=True), tmp_path / "run", _dataset(), _dataset(6, seed=1), progress=False)
+    assert trainer.validate() is not None and trainer.val_lpips is None
+
+
 @pytest.mark.parametrize("selection", ["final-phase", "best", "last"])
 def test_model_selection_window(selection, tmp_path):
     """With the GAN on from step 5 of 8, "final-phase" only keeps models trained with it."""

@@ -328,11 +328,13 @@ def run_realbench(
     made = _pictures(out_dir, models, test, refs, mods, base.eval, trained_cfg.data.mask_outputs) if pictures else []
     from mmhvae.compare import read_curves
 
-    curves = read_curves({n: out_dir / "runs" / result.same_as.get(n, n) for n in names})
+    runs = {n: out_dir / "runs" / result.same_as.get(n, n) for n in names}
+    curves = read_curves(runs)
+    lpips_curves = read_curves(runs, key="val_lpips")  # logged by runs with train.validate_lpips
     seconds = time.perf_counter() - t0
     md = out_dir / "realbench.md"
     md.write_text(realbench_markdown(base, names, refs.names, split, rows, result, curves, kl, refs.ranking_md, made,
-                                     seconds, device))
+                                     seconds, device, lpips_curves))
     return RealBenchResult(out_dir, split, rows, md, made, kl, seconds)
 
 
@@ -411,7 +413,7 @@ def _pictures(out_dir: Path, models, test, refs: _References, mods, eval_cfg, ma
 
 
 def realbench_markdown(base, methods, ref_names, split: RealSplit, rows, result, curves, kl, ranking_md,
-                       pictures, seconds, device) -> str:
+                       pictures, seconds, device, lpips_curves=None) -> str:
     from mmhvae.compare import ablation_table, curves_table, _checkpoint_step
     from mmhvae.compute import machine_description
     from mmhvae.eval.tables import paper_table
@@ -456,6 +458,11 @@ def realbench_markdown(base, methods, ref_names, split: RealSplit, rows, result,
         selected = {n: _checkpoint_step(result.checkpoints[n]) for n in methods}
         parts += ["## Training curves (validation PSNR, dB)", "", curves_table(curves, selected), "",
                   "Plot: `training_curves.png`. A curve still rising at the last step: the budget did not converge.", ""]
+    if lpips_curves and any(lpips_curves.values()):
+        selected = {n: _checkpoint_step(result.checkpoints[n]) for n in methods}
+        parts += ["## Training curves (validation LPIPS, x100, lower is better)", "",
+                  curves_table({n: [(s, 100 * v) for s, v in pts] for n, pts in lpips_curves.items() if pts},
+                               selected, decimals=1), ""]
     if pictures:
         parts += ["## Pictures", ""] + [f"![{p.stem}](pictures/{p.name})" for p in pictures] + [""]
     return "\n".join(parts) + "\n"

@@ -119,6 +119,12 @@ class Trainer:
             weights = pattern_balanced_weights(train_set)
         self.batches = StepBatches(train_set, tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size, weights)
         self.val_batch = self._fixed_validation_batch(val_set)
+        self.val_lpips_model = None
+        if tc.validate_lpips and self.val_batch is not None and self.dist.is_main:
+            from mmhvae.eval.lpips import load_lpips
+
+            self.val_lpips_model = load_lpips(allow_download=False, device=self.device)
+        self.val_lpips: Optional[float] = None  # mean LPIPS of the last validation (validate_lpips)
         self.step = 0
         self.best_score = -math.inf
         self.best_step = 0
@@ -292,7 +298,10 @@ class Trainer:
         maximum over the validation slices; harmonized images start at 0) and only slices holding
         foreground of the target are scored: a per-slice peak would let near-empty edge slices, whose
         tiny peak turns any error into a hugely negative PSNR, dominate the mean and the model selection.
+        With ``train.validate_lpips`` the same outputs are also scored by LPIPS (``self.val_lpips``;
+        ``[0, range]`` mapped to [-1, 1], clipped, as the evaluator does).
         """
+        self.val_lpips = None
         if self.val_batch is None:
             return None
         self.model.eval()
@@ -302,7 +311,7 @@ class Trainer:
         peaks = targets.flatten(2).amax(2)  # (B, M)
         span = torch.where(available, peaks, torch.zeros_like(peaks)).amax(0)  # (M,): per-modality range
         scored = available & (peaks > 0) & (span[None] > 0)
-        scores = []
+        scores, perceptual = [], []
         for subset in all_subsets(self.cfg.model.num_modalities):
             observed = available & torch.tensor(subset, device=self.device)[None]
             keep = observed.any(dim=1)
@@ -312,8 +321,21 @@ class Trainer:
             err = (out.reconstructions.float() - targets[keep]).square().flatten(2).mean(2)
             psnr = 10 * torch.log10(span[None].clamp_min(1e-6).square() / err.clamp_min(1e-10))
             scores.append(psnr[scored[keep]])
+            if self.val_lpips_model is not None:
+                perceptual.append(self._lpips(out.reconstructions.float(), targets[keep], span)[scored[keep]])
         scores = [s for s in scores if s.numel()]
+        perceptual = [p for p in perceptual if p.numel()]
+        if perceptual:
+            self.val_lpips = float(torch.cat(perceptual).mean())
         return float(torch.cat(scores).mean()) if scores else None
+
+    def _lpips(self, pred: torch.Tensor, target: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+        """LPIPS of every (slice, modality) pair, ``(B, M)``; intensities ``[0, span_j]`` -> [-1, 1]."""
+        b, m = pred.shape[:2]
+        scale = span.clamp_min(1e-6)[None, :, None, None]
+        x = (2 * pred / scale - 1).clamp(-1, 1).reshape(b * m, 1, *pred.shape[2:])
+        y = (2 * target / scale - 1).clamp(-1, 1).reshape(b * m, 1, *target.shape[2:])
+        return self.val_lpips_model(x, y).reshape(b, m)
 
     @property
     def selection_start(self) -> int:
@@ -484,8 +506,11 @@ class Trainer:
                 if is_val:
                     score = self.validate()
                     if score is not None:
-                        logger.log(self.step, {"val_psnr": score})
-                        self.history.append({"step": self.step, "val_psnr": score})
+                        row = {"val_psnr": score}
+                        if self.val_lpips is not None:
+                            row["val_lpips"] = self.val_lpips
+                        logger.log(self.step, row)
+                        self.history.append({"step": self.step, **row})
                         if self.improves(score):
                             self.best_score, self.best_step, best = score, self.step, True
                     elif self.step == tc.steps:

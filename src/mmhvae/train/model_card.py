@@ -128,15 +128,20 @@ def write_model_card(cfg, run_dir: Path, history: Optional[list] = None, best_st
     seconds = run_dir / "train_seconds.txt"
     if seconds.is_file():
         lines.append(f"- Training time: {seconds.read_text().strip()} s.")
-    curve = []
+    rows = []
     metrics = run_dir / "metrics.csv"
     if metrics.is_file():
         with open(metrics, newline="") as fh:
-            curve = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(fh) if r.get("key") == "val_psnr"]
+            rows = list(csv.DictReader(fh))
+    curve = [(int(r["step"]), float(r["value"])) for r in rows if r.get("key") == "val_psnr"]
+    perceptual = [(int(r["step"]), float(r["value"])) for r in rows if r.get("key") == "val_lpips"]
     lines += ["", "## Metrics", ""]
     if curve:
         lines.append("Validation PSNR (dB, every input subset and target, τ = 0): "
                      + ", ".join(f"step {s}: {v:.2f}" for s, v in curve) + ".")
+        if perceptual:
+            lines.append("Validation LPIPS (%, the same outputs): "
+                         + ", ".join(f"step {s}: {100 * v:.1f}" for s, v in perceptual) + ".")
     else:
         lines.append("No validation curve (no validation subjects).")
     if best_step is not None:

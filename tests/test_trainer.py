@@ -238,6 +238,14 @@ def test_validation_lpips_off_by_default_and_without_weights(tmp_path, monkeypat
     monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: None)  # weights not to be had
     trainer = Trainer(_cfg(validate_lpips=True), tmp_path / "run", _dataset(), _dataset(6, seed=1), progress=False)
     assert trainer.validate() is not None and trainer.val_lpips is None
+    # Images below AlexNet's 32² minimum: a warning at the start, PSNR only, never an error mid-run.
+    monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: _MeanAbsDistance())
+    cfg = _cfg(validate_lpips=True)
+    cfg.model.image_size = 16
+    small = ArraySliceDataset(_dataset(6, seed=1).images[..., :16, :16].contiguous(), torch.ones(6, 3, dtype=torch.bool))
+    with pytest.warns(RuntimeWarning, match="at least 32"):
+        trainer = Trainer(cfg, tmp_path / "run16", small, small, progress=False)
+    assert trainer.validate() is not None and trainer.val_lpips is None
 
 
 @pytest.mark.parametrize("selection", ["final-phase", "best", "last"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -121,9 +122,14 @@ class Trainer:
         self.val_batch = self._fixed_validation_batch(val_set)
         self.val_lpips_model = None
         if tc.validate_lpips and self.val_batch is not None and self.dist.is_main:
-            from mmhvae.eval.lpips import load_lpips
+            from mmhvae.eval.lpips import MIN_SIZE, load_lpips
 
-            self.val_lpips_model = load_lpips(allow_download=False, device=self.device)
+            if cfg.model.image_size < MIN_SIZE:
+                warnings.warn(f"train.validate_lpips: LPIPS (AlexNet) needs images of at least {MIN_SIZE}² and "
+                              f"this model's are {cfg.model.image_size}²; validating on PSNR only", RuntimeWarning,
+                              stacklevel=2)
+            else:
+                self.val_lpips_model = load_lpips(allow_download=False, device=self.device)
         self.val_lpips: Optional[float] = None  # mean LPIPS of the last validation (validate_lpips)
         self.step = 0
         self.best_score = -math.inf

@@ -325,19 +325,9 @@ def comparison_markdown(
 
 def read_curves(run_dirs: Mapping[str, Path], key: str = "val_psnr") -> dict[str, list[tuple[int, float]]]:
     """``{method: [(step, value), ...]}`` of scalar ``key`` from each run's ``metrics.csv`` (empty if absent)."""
-    import csv
+    from mmhvae.train.run_log import read_series
 
-    out: dict[str, list[tuple[int, float]]] = {}
-    for name, run_dir in run_dirs.items():
-        path = Path(run_dir) / "metrics.csv"
-        points: dict[int, float] = {}
-        if path.is_file():
-            with open(path, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    if row.get("key") == key:
-                        points[int(row["step"])] = float(row["value"])  # a resumed run's repeat wins
-        out[name] = sorted(points.items())
-    return out
+    return {name: read_series(run_dir, key) for name, run_dir in run_dirs.items()}
 
 
 def _checkpoint_step(path: Path) -> int:

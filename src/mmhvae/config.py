@@ -589,7 +589,8 @@ def _real_cpu() -> ExperimentConfig:
     cfg.model.head_channels = 16
     cfg.train.validate_lpips = True  # the learning curve of the metric real outputs lose on
     # The budget: on the development split validation PSNR flattens after ~1500 steps but LPIPS keeps
-    # falling to step 3000 (18.7 -> 9.4 %, BENCHMARKS.md Run J); 5000 steps is ~35 min on 2 CPU threads (Run H: 0.41 s per step).
+    # falling to step 3000 (18.7 -> 9.4 %, BENCHMARKS.md Run J); 5000 steps is ~35 min on 2 CPU threads
+    # (Run H: 0.41 s per step).
     cfg.train.steps = 5000
     cfg.train.validate_every = 250
     cfg.train.checkpoint_every = 500

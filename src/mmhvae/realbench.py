@@ -454,12 +454,12 @@ def realbench_markdown(base, methods, ref_names, split: RealSplit, rows, result,
         for n, levels in kl.items():
             parts.append(f"| {n} | " + " | ".join(f"{r['kl_slice']:.3g} / {r['kl_element']:.2g}" for r in levels) + " |")
         parts += ["", "A level near 0 nats per element carries no information about the input (posterior collapse).", ""]
+    logged = any((curves or {}).values()) or any((lpips_curves or {}).values())
+    selected = {n: _checkpoint_step(result.checkpoints[n]) for n in methods} if logged else {}
     if curves and any(curves.values()):
-        selected = {n: _checkpoint_step(result.checkpoints[n]) for n in methods}
         parts += ["## Training curves (validation PSNR, dB)", "", curves_table(curves, selected), "",
                   "Plot: `training_curves.png`. A curve still rising at the last step: the budget did not converge.", ""]
     if lpips_curves and any(lpips_curves.values()):
-        selected = {n: _checkpoint_step(result.checkpoints[n]) for n in methods}
         parts += ["## Training curves (validation LPIPS, x100, lower is better)", "",
                   curves_table({n: [(s, 100 * v) for s, v in pts] for n, pts in lpips_curves.items() if pts},
                                selected, decimals=1), ""]

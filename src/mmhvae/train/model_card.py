@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from mmhvae.train.run_log import read_series
+
 CARD_NAME = "MODEL_CARD.md"
 
 
@@ -128,13 +130,7 @@ def write_model_card(cfg, run_dir: Path, history: Optional[list] = None, best_st
     seconds = run_dir / "train_seconds.txt"
     if seconds.is_file():
         lines.append(f"- Training time: {seconds.read_text().strip()} s.")
-    rows = []
-    metrics = run_dir / "metrics.csv"
-    if metrics.is_file():
-        with open(metrics, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    curve = [(int(r["step"]), float(r["value"])) for r in rows if r.get("key") == "val_psnr"]
-    perceptual = [(int(r["step"]), float(r["value"])) for r in rows if r.get("key") == "val_lpips"]
+    curve, perceptual = read_series(run_dir, "val_psnr"), read_series(run_dir, "val_lpips")
     lines += ["", "## Metrics", ""]
     if curve:
         lines.append("Validation PSNR (dB, every input subset and target, τ = 0): "

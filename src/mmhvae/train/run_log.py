@@ -47,3 +47,18 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_series(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    """``[(step, value), ...]`` of scalar ``key`` in a run's ``metrics.csv``, by step (empty if absent).
+
+    A step logged twice (a resumed run repeats the steps after its last checkpoint) keeps its last row.
+    """
+    path = Path(run_dir) / "metrics.csv"
+    points: dict[int, float] = {}
+    if path.is_file():
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("key") == key:
+                    points[int(row["step"])] = float(row["value"])
+    return sorted(points.items())

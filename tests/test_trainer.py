@@ -270,6 +270,45 @@ def test_model_selection_window(selection, tmp_path):
         assert best_step == 8
 
 
+def test_selection_on_validation_lpips(tmp_path, monkeypatch):
+    """train.select_metric=lpips: best.safetensors is the model of lowest validation LPIPS, where PSNR
+    would pick another; the model card names the metric. Without validate_lpips, or without the LPIPS
+    weights, the run is refused before it trains."""
+    import mmhvae.eval.lpips as lpips_module
+    from mmhvae.config import ConfigError
+    from mmhvae.train.model_card import write_model_card
+    from safetensors import safe_open
+
+    monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: _MeanAbsDistance())
+    cfg = _cfg(steps=8, batch_size=4, validate_every=2, checkpoint_every=100, validate_lpips=True,
+               select_metric="lpips", selection="best")
+    trainer = Trainer(cfg, tmp_path / "run", _dataset(), _dataset(6, seed=1), progress=False)
+    scores = iter([(30.0, 0.20), (29.0, 0.10), (31.0, 0.15), (20.0, 0.12)])  # (PSNR, LPIPS) at 2, 4, 6, 8
+
+    def fake_validate():
+        psnr, trainer.val_lpips = next(scores)
+        return psnr
+
+    trainer.validate = fake_validate
+    trainer.fit()
+    with safe_open(str(tmp_path / "run" / "checkpoints" / "best.safetensors"), "pt") as f:
+        assert int(f.metadata()["step"]) == 4  # PSNR would have picked step 6
+    assert trainer.best_step == 4 and trainer.best_score == pytest.approx(-0.10)
+    card = write_model_card(cfg, tmp_path / "run", best_step=trainer.best_step, best_score=trainer.best_score)
+    assert "step 4, selected on validation LPIPS: 10.0 %" in card.read_text()
+
+    off = _cfg(select_metric="lpips")
+    with pytest.raises(ConfigError, match="validate_lpips"):
+        off.validate()
+    monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: None)
+    with pytest.raises(ConfigError, match="no validation LPIPS"):
+        Trainer(cfg, tmp_path / "run2", _dataset(), _dataset(6, seed=1), progress=False)
+    bad = _cfg()
+    bad.train.select_metric = "ssim"
+    with pytest.raises(ConfigError, match="select_metric"):
+        bad.validate()
+
+
 def test_unknown_selection_is_refused():
     from mmhvae.config import ConfigError
 

@@ -283,8 +283,13 @@ class TrainConfig:
     val_subjects: int = 4
     # Also log the mean validation LPIPS (AlexNet, as the evaluator scores it) beside the PSNR, as
     # "val_lpips" in metrics.csv: a curve of the metric the smooth outputs lose on. Model selection
-    # stays on PSNR. Without the LPIPS weights (mmhvae.eval.lpips) the run warns and logs PSNR only.
+    # stays on PSNR unless select_metric says otherwise. Without the LPIPS weights (mmhvae.eval.lpips)
+    # the run warns and logs PSNR only.
     validate_lpips: bool = False
+    # The validation metric that picks best.safetensors (within the window of `selection`): "psnr" (the
+    # mean PSNR) or "lpips" (the lowest mean LPIPS; needs validate_lpips and the LPIPS weights, checked
+    # when training starts). PSNR favours a smooth mean; LPIPS the detail that the GAN phase adds.
+    select_metric: str = "psnr"
     log_every: int = 10
     # Execution (mmhvae.runtime), chosen by measurement where "auto": at the first step the trainer
     # times each allowed plan on the first batch and keeps the fastest (recorded in the training state,
@@ -296,6 +301,7 @@ class TrainConfig:
 
 
 SELECTIONS = ("auto", "final-phase", "best", "last")
+SELECT_METRICS = ("psnr", "lpips")
 OBJECTIVES = ("mixture", "mvae", "mopoe")
 
 
@@ -352,6 +358,11 @@ class ExperimentConfig:
         _check_numbers(self.train, self.eval)
         if self.train.selection not in SELECTIONS:
             raise ConfigError(f"train.selection must be one of {', '.join(SELECTIONS)}, got {self.train.selection!r}")
+        if self.train.select_metric not in SELECT_METRICS:
+            raise ConfigError(f"train.select_metric must be one of {', '.join(SELECT_METRICS)}, "
+                              f"got {self.train.select_metric!r}")
+        if self.train.select_metric == "lpips" and not self.train.validate_lpips:
+            raise ConfigError("train.select_metric=lpips needs train.validate_lpips=true (the LPIPS it selects on)")
         if self.train.objective not in OBJECTIVES:
             raise ConfigError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {self.train.objective!r}")
         if self.train.mvae_random_subsets < 0:

@@ -11,6 +11,7 @@ they were licence-free: the card names the licences it found and says when it fo
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -141,8 +142,14 @@ def write_model_card(cfg, run_dir: Path, history: Optional[list] = None, best_st
     else:
         lines.append("No validation curve (no validation subjects).")
     if best_step is not None:
-        lines.append(f"Selected checkpoint (`best.safetensors`): step {best_step}"
-                     + (f", validation PSNR {best_score:.2f} dB." if best_score is not None and best_score > -1e30 else "."))
+        known = best_score is not None and math.isfinite(best_score)
+        if known and cfg.train.select_metric == "lpips":  # the selection score is minus the LPIPS
+            value = f", selected on validation LPIPS: {-100 * best_score:.1f} %."
+        elif known:
+            value = f", selected on validation PSNR: {best_score:.2f} dB."
+        else:
+            value = "."
+        lines.append(f"Selected checkpoint (`best.safetensors`): step {best_step}{value}")
     lines.append("Test scores are not part of training: see the evaluation or benchmark report that scored this run.")
     found = {v for v in licences.values() if v}
     lines += ["", "## Intended use and licences", "",

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmhvae.config import ExperimentConfig
-from mmhvae.errors import MmhvaeError
+from mmhvae.errors import ConfigError, MmhvaeError
 from mmhvae.models import build_model
 from mmhvae.nn.discriminator import ModalityDiscriminators
 from mmhvae.subsets import SubsetPolicy, all_subsets
@@ -130,6 +130,11 @@ class Trainer:
                               stacklevel=2)
             else:
                 self.val_lpips_model = load_lpips(allow_download=False, device=self.device)
+        if tc.select_metric == "lpips" and self.val_batch is not None and self.dist.is_main \
+                and self.val_lpips_model is None:
+            raise ConfigError("train.select_metric=lpips, but this run has no validation LPIPS (the LPIPS weights "
+                              "are not available, or the images are below AlexNet's 32²: see the warning above); "
+                              "select on psnr or provide the weights (mmhvae.eval.lpips)")
         self.val_lpips: Optional[float] = None  # mean LPIPS of the last validation (validate_lpips)
         self.step = 0
         self.best_score = -math.inf
@@ -354,10 +359,18 @@ class Trainer:
             return min(tc.steps - 1, math.ceil(tc.gan.start_fraction * tc.steps))  # first step with the GAN
         return 0
 
+    def selection_score(self, psnr: float) -> float:
+        """The validation score that selects the best model, higher is better: the mean PSNR, or with
+        ``train.select_metric = lpips`` minus the mean LPIPS of the same validation."""
+        if self.cfg.train.select_metric == "lpips" and self.val_lpips is not None:
+            return -self.val_lpips
+        return psnr
+
     def improves(self, score: float) -> bool:
         """Does the model now (``self.step`` steps trained, validation ``score``) replace the best one?
 
-        The criterion is the mean validation PSNR over every subset and target. Before the selection
+        The criterion is ``selection_score`` (the mean validation PSNR over every subset and target, or
+        minus their mean LPIPS). Before the selection
         window (``selection_start``) the best model is provisional (an interrupted run still has
         one); the first validated model inside the window replaces it whatever its score: PSNR would
         otherwise always prefer the model before the GAN, which costs PSNR by design.
@@ -517,6 +530,7 @@ class Trainer:
                             row["val_lpips"] = self.val_lpips
                         logger.log(self.step, row)
                         self.history.append({"step": self.step, **row})
+                        score = self.selection_score(score)
                         if self.improves(score):
                             self.best_score, self.best_step, best = score, self.step, True
                     elif self.step == tc.steps:

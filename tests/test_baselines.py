@@ -488,3 +488,48 @@ def test_mvae_and_mopoe_have_no_gan_and_select_over_the_whole_run(preset_name):
     asks = apply_method(preset(preset_name), "mvae")
     asks.train.use_gan = True  # a user who asks for a GAN phase gets it, and the GAN-window rule
     assert selection_rule(asks.train) == "final-phase"
+
+
+def test_comparison_workers_end_with_a_killed_parent(tmp_path):
+    """The training workers of ``--jobs N`` get SIGTERM when the comparison's process is killed (Linux),
+    instead of training on unseen and holding their run folders' locks against the rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    script = (
+        "import multiprocessing as mp, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from mmhvae.compare import _end_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_end_with_parent,\n"
+        "                               initargs=(os.getpid(),))\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n")
+    path = tmp_path / "parent.py"
+    path.write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    worker = int(parent.stdout.readline())
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state not in ("Z", "X")  # a zombie has ended; only its parent's reaping is left
+
+    assert alive(worker)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    if alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")

@@ -180,6 +180,33 @@ def test_evaluate_warns_when_the_model_was_trained_with_masks_and_the_cohort_has
                              figures=False, progress=False)
 
 
+def test_training_a_run_folder_another_process_trains_is_refused(cohort, tmp_path):
+    """Two trainings of one run folder (the command started twice, or orphaned workers of a killed
+    comparison) would interleave metrics and overwrite checkpoints: the second is refused, naming the
+    folder and the holder's pid, with no traceback; the lock dies with its holder."""
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mmhvae.train.run_lock import RunLock; "
+         f"RunLock({str(run)!r}).acquire(); print('locked', flush=True); time.sleep(120)"],
+        env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["--config", "tiny", "--cohort", str(cohort), "--no-progress", "--out", str(run), "--resume",
+                "train.steps=2", "train.validate_every=100", "train.batch_size=4"]
+        res = subprocess.run([sys.executable, "-m", "mmhvae.cli", "train", *args], env=_env(),
+                             capture_output=True, text=True)
+        assert res.returncode != 0
+        assert f"being trained by another process (pid {holder.pid})" in res.stderr
+        assert "Traceback" not in res.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    res = subprocess.run([sys.executable, "-m", "mmhvae.cli", "train", *args], env=_env(), capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+
+
 def test_killed_training_resumes_to_the_same_weights(cohort, tmp_path):
     from safetensors.torch import load_file
 

@@ -316,3 +316,21 @@ def test_unknown_selection_is_refused():
     cfg.train.selection = "median"
     with pytest.raises(ConfigError, match="train.selection"):
         cfg.validate()
+
+
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    """While one trainer holds RUN (here: the lock taken by hand), another training of RUN is refused
+    with the holder's pid, before it reads data or writes anything; once the holder ends, it trains."""
+    import os
+
+    from mmhvae.train.run_lock import RunInUseError, RunLock
+    from mmhvae.train.trainer import train
+
+    cfg = _cfg(steps=1)
+    run = tmp_path / "run"
+    holder = RunLock(run).acquire()
+    with pytest.raises(RunInUseError, match=f"being trained by another process \\(pid {os.getpid()}\\)"):
+        train(cfg, run)
+    assert sorted(p.name for p in run.iterdir()) == [".train.lock"]  # nothing else written
+    holder.release()
+    RunLock(run).acquire().release()  # free again once the holder let go

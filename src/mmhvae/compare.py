@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,26 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _end_with_parent(parent: int) -> None:
+    """Initializer of the training workers: on Linux each one is sent SIGTERM when the comparison's
+    process ends, even when it is killed, instead of training on unseen (and holding the run folder's
+    lock, :mod:`mmhvae.train.run_lock`, against the rerun that would resume it). Checkpoints are
+    written atomically, so a worker ended mid-step leaves its last one intact."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl to be had: the worker simply outlives a killed parent
+        return
+    if os.getppid() != parent:  # the parent ended before the request took effect
+        os._exit(1)
+
+
 def _train_all(configs: Mapping[str, ExperimentConfig], runs: Path, jobs: int, threads: Optional[int],
                progress: bool, log) -> tuple[dict[str, Path], dict[str, float]]:
     """Train each method into ``runs/<method>`` (``jobs`` at once in processes); its best checkpoint
@@ -200,7 +221,8 @@ def _train_all(configs: Mapping[str, ExperimentConfig], runs: Path, jobs: int, t
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     log(f"[compare] training {len(configs)} methods, {jobs} at a time (progress: OUT/runs/<method>/metrics.csv)")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_end_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_train_one, cfg, str(runs / name), threads, False): name for name, cfg in configs.items()}
         for fut in as_completed(futures):
             name = futures[fut]

@@ -547,7 +547,20 @@ class Trainer:
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``cfg`` on ``cfg.data.cohort`` (its ``train`` split; ``val`` for model selection)."""
+    """Train ``cfg`` on ``cfg.data.cohort`` (its ``train`` split; ``val`` for model selection), alone in
+    ``run_dir`` (:mod:`mmhvae.train.run_lock`)."""
+    from mmhvae.train.run_lock import RunLock
+
+    lock = RunLock(Path(run_dir))
+    if int(os.environ.get("RANK", "0")) == 0:
+        lock.acquire()  # one trainer per run folder (RunInUseError if another process trains it)
+    try:
+        return _train_locked(cfg, Path(run_dir), resume, progress)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: bool) -> TrainResult:
     from mmhvae.train.data import build_datasets
 
     if int(os.environ.get("RANK", "0")) == 0:

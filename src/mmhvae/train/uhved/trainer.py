@@ -149,8 +149,15 @@ class UHVEDTrainer:
 
 def train_uhved(cfg: UHVEDConfig, run_dir: Path, split: str = "train", resume: bool = False,
                 progress: bool = True) -> Path:
-    """Train ``cfg`` on the ``split`` of ``cfg.data.cohort`` (the U-HVED side of ``mmhvae train``)."""
-    run_dir = Path(run_dir)
+    """Train ``cfg`` on the ``split`` of ``cfg.data.cohort`` (the U-HVED side of ``mmhvae train``), alone
+    in ``run_dir`` (:mod:`mmhvae.train.run_lock`)."""
+    from mmhvae.train.run_lock import RunLock
+
+    with RunLock(Path(run_dir)):
+        return _train_uhved_locked(cfg, Path(run_dir), split, resume, progress)
+
+
+def _train_uhved_locked(cfg: UHVEDConfig, run_dir: Path, split: str, resume: bool, progress: bool) -> Path:
     if not resume and ckpt.latest_state(run_dir) is not None:
         raise ckpt.CheckpointError(
             f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out"

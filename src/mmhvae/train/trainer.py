@@ -370,10 +370,10 @@ class Trainer:
         """Does the model now (``self.step`` steps trained, validation ``score``) replace the best one?
 
         The criterion is ``selection_score`` (the mean validation PSNR over every subset and target, or
-        minus their mean LPIPS). Before the selection
-        window (``selection_start``) the best model is provisional (an interrupted run still has
-        one); the first validated model inside the window replaces it whatever its score: PSNR would
-        otherwise always prefer the model before the GAN, which costs PSNR by design.
+        minus their mean LPIPS). Before the selection window (``selection_start``) the best model is
+        provisional (an interrupted run still has one); the first validated model inside the window
+        replaces it whatever its score: PSNR would otherwise always prefer the model before the GAN,
+        which costs PSNR by design.
         """
         start = self.selection_start
         if self.step > start and self.best_step <= start:

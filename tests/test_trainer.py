@@ -135,6 +135,25 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_training_time_sums_over_resumed_sessions(tmp_path):
+    """The training time of a run killed after a checkpoint is not lost: it lives in the training
+    state, the resumed session adds its own, and the model card reports the sum."""
+    from mmhvae.train.model_card import write_model_card
+
+    cfg = _cfg(steps=3, batch_size=4, checkpoint_every=3, validate_every=100)
+    first = Trainer(copy.deepcopy(cfg), tmp_path / "run", _dataset(), None, progress=False)
+    first.fit()  # then the process dies: nothing but the checkpoint survives
+    spent = first.train_seconds
+    assert spent > 0
+    cfg.train.steps = 6
+    resumed = Trainer(cfg, tmp_path / "run", _dataset(), None, progress=False)
+    assert resumed.resume() and resumed.train_seconds == pytest.approx(spent)
+    result = resumed.fit()
+    assert result.train_seconds == resumed.train_seconds > spent
+    card = write_model_card(cfg, tmp_path / "run", train_seconds=result.train_seconds)
+    assert f"Training time: {result.train_seconds:.0f} s" in card.read_text()
+
+
 def test_resuming_a_run_whose_network_differs_is_refused_naming_the_file(tmp_path):
     """A run interrupted under an earlier version (here: image heads with their old output GroupNorm)."""
     from mmhvae.checkpoint import CheckpointError
@@ -279,10 +298,12 @@ def test_selection_on_validation_lpips(tmp_path, monkeypatch):
     from mmhvae.train.model_card import write_model_card
     from safetensors import safe_open
 
-    monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: _MeanAbsDistance())
+    asked = []
+    monkeypatch.setattr(lpips_module, "load_lpips", lambda **kw: asked.append(kw) or _MeanAbsDistance())
     cfg = _cfg(steps=8, batch_size=4, validate_every=2, checkpoint_every=100, validate_lpips=True,
                select_metric="lpips", selection="best")
     trainer = Trainer(cfg, tmp_path / "run", _dataset(), _dataset(6, seed=1), progress=False)
+    assert asked and asked[0].get("allow_download", True)  # a fresh machine fetches the weights, as evaluation does
     scores = iter([(30.0, 0.20), (29.0, 0.10), (31.0, 0.15), (20.0, 0.12)])  # (PSNR, LPIPS) at 2, 4, 6, 8
 
     def fake_validate():

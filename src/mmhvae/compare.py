@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -90,8 +89,8 @@ def _finished_step(run_dir: Path) -> int:
 def _train_one(cfg: ExperimentConfig, run_dir: str, threads: Optional[int], progress: bool) -> tuple[str, float]:
     """Train one method (in this process or a worker); returns (best checkpoint, training seconds).
 
-    The training time accumulates over resumed sessions in ``RUN/train_seconds.txt``; a finished run
-    is not touched and reports its recorded time.
+    The training time is the trainer's, summed over resumed sessions (it lives in the training state),
+    recorded in ``RUN/train_seconds.txt``; a finished run is not touched and reports its recorded time.
     """
     import torch
 
@@ -99,19 +98,16 @@ def _train_one(cfg: ExperimentConfig, run_dir: str, threads: Optional[int], prog
 
     run_dir_p = Path(run_dir)
     record = run_dir_p / "train_seconds.txt"
-    before = float(record.read_text()) if record.is_file() else 0.0
     best = run_dir_p / "checkpoints" / "best.safetensors"
     if _finished_step(run_dir_p) >= cfg.train.steps and best.is_file() and record.is_file():
-        return str(best), before
+        return str(best), float(record.read_text())
     if threads:
         torch.set_num_threads(threads)
-    t0 = time.perf_counter()
     result = train(cfg, run_dir_p, resume=(run_dir_p / "checkpoints").is_dir(), progress=progress)
-    total = before + time.perf_counter() - t0
     from mmhvae.atomic import atomic_write_text
 
-    atomic_write_text(record, f"{total:.3f}\n")
-    return str(result.best_checkpoint), total
+    atomic_write_text(record, f"{result.train_seconds:.3f}\n")
+    return str(result.best_checkpoint), result.train_seconds
 
 
 def method_configs(base: ExperimentConfig, methods: Sequence[str]) -> dict[str, ExperimentConfig]:

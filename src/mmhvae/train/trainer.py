@@ -59,6 +59,7 @@ class TrainResult:
     best_checkpoint: Path
     last_checkpoint: Path
     history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0  # wall time of the training loop, summed over resumed sessions
 
 
 def _build_optimizer(name: str, params, lr: float, weight_decay: float, betas=(0.9, 0.999)):
@@ -129,7 +130,7 @@ class Trainer:
                               f"this model's are {cfg.model.image_size}²; validating on PSNR only", RuntimeWarning,
                               stacklevel=2)
             else:
-                self.val_lpips_model = load_lpips(allow_download=False, device=self.device)
+                self.val_lpips_model = load_lpips(device=self.device)  # fetched once, as the evaluator does
         if tc.select_metric == "lpips" and self.val_batch is not None and self.dist.is_main \
                 and self.val_lpips_model is None:
             raise ConfigError("train.select_metric=lpips, but this run has no validation LPIPS (the LPIPS weights "
@@ -140,6 +141,9 @@ class Trainer:
         self.best_score = -math.inf
         self.best_step = 0
         self.history: list[dict] = []
+        # Wall time of the training loop (steps, validation, checkpoints) up to self.step, over every
+        # session: kept in the training state, so a killed session's time up to its last checkpoint counts.
+        self.train_seconds = 0.0
 
     # ------------------------------------------------------------------------------------------------
     def lambda_gan(self, step: int) -> float:
@@ -396,6 +400,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "rng_subsets": self.subset_rng.get_state(),
             "history": self.history,
+            "train_seconds": self.train_seconds,
             "config_yaml": self.cfg.to_yaml(),
             "execution": self.plan.to_dict() if self.plan is not None else {},
         }
@@ -416,6 +421,7 @@ class Trainer:
         self.best_score = float(state["best_score"])
         self.best_step = int(state.get("best_step", 0))
         self.history = list(state["history"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # older states: not recorded
         if state.get("execution"):  # the plan the run was measured with (older states: decided again)
             self._apply_plan(runtime.ExecutionPlan.from_dict(state["execution"]))
 
@@ -504,6 +510,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=tc.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        start, seconds_before = time.perf_counter(), self.train_seconds
         try:
             self.choose_plan()
             t0, steps0 = time.perf_counter(), self.step
@@ -511,6 +518,7 @@ class Trainer:
                 batch = self.batches.batch(self.step)
                 logs = self._step_or_fall_back(batch)
                 self.step += 1
+                self.train_seconds = seconds_before + time.perf_counter() - start
                 rate = (self.step - steps0) / max(time.perf_counter() - t0, 1e-9)
                 logs["steps_per_s"] = rate
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
@@ -536,6 +544,7 @@ class Trainer:
                     elif self.step == tc.steps:
                         best = True  # no validation set: the final model is the best we know
                 if is_ckpt or best:
+                    self.train_seconds = seconds_before + time.perf_counter() - start
                     self.save(best=best)
         finally:
             if bar is not None:
@@ -543,7 +552,8 @@ class Trainer:
             logger.close()
         d = run_dir / "checkpoints"
         best_path = d / "best.safetensors"
-        return TrainResult(run_dir, best_path if best_path.exists() else d / "last.safetensors", d / "last.safetensors", self.history)
+        return TrainResult(run_dir, best_path if best_path.exists() else d / "last.safetensors", d / "last.safetensors",
+                           self.history, self.train_seconds)
 
 
 def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> TrainResult:
@@ -582,7 +592,8 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: 
         if trainer.dist.is_main:  # RUN/MODEL_CARD.md: data, geometry, budget, curve, licences (issue 18)
             from mmhvae.train.model_card import write_model_card
 
-            write_model_card(cfg, Path(run_dir), best_step=trainer.best_step, best_score=trainer.best_score)
+            write_model_card(cfg, Path(run_dir), best_step=trainer.best_step, best_score=trainer.best_score,
+                             train_seconds=trainer.train_seconds)
         return result
     finally:
         trainer.dist.close()

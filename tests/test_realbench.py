@@ -137,6 +137,8 @@ def test_benchmark_real_verb_end_to_end(phantom, tmp_path, monkeypatch):
     card = (out / "runs" / "mmhvae" / "MODEL_CARD.md").read_text()
     assert "## Training data" in card and f"| {names[2]} | train |" in card and f"| {names[0]} |" not in card
     assert "reconstruction `mse`" in card  # the likelihood is part of the budget line
+    assert "(ran as: contiguous, fp32)" in card or "(ran as: contiguous, bf16)" in card \
+        or "(ran as: channels_last," in card  # the precision and layout actually used, not only "auto"
     assert "Validation LPIPS (%, the same outputs): step 1:" in card
     metrics = list(csv.DictReader(open(out / "realbench_metrics.csv")))
     assert {r["subject"] for r in metrics} == {names[0]}  # only the test subject is scored

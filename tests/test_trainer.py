@@ -150,8 +150,11 @@ def test_training_time_sums_over_resumed_sessions(tmp_path):
     assert resumed.resume() and resumed.train_seconds == pytest.approx(spent)
     result = resumed.fit()
     assert result.train_seconds == resumed.train_seconds > spent
-    card = write_model_card(cfg, tmp_path / "run", train_seconds=result.train_seconds)
+    card = write_model_card(cfg, tmp_path / "run", train_seconds=result.train_seconds,
+                            execution=resumed.plan.describe())
     assert f"Training time: {result.train_seconds:.0f} s" in card.read_text()
+    # "auto" precision is decided by timing on the machine: the card says what the run actually used
+    assert f"precision {cfg.train.amp} (ran as: {resumed.plan.describe()})" in card.read_text()
 
 
 def test_resuming_a_run_whose_network_differs_is_refused_naming_the_file(tmp_path):

@@ -77,7 +77,8 @@ def licence_of(subject: str, rows: list[list[str]]) -> Optional[str]:
 
 
 def write_model_card(cfg, run_dir: Path, history: Optional[list] = None, best_step: Optional[int] = None,
-                     best_score: Optional[float] = None, train_seconds: Optional[float] = None) -> Path:
+                     best_score: Optional[float] = None, train_seconds: Optional[float] = None,
+                     execution: Optional[str] = None) -> Path:
     """Write ``run_dir/MODEL_CARD.md`` for a finished (or stopped) run of ``cfg``; returns its path."""
     from mmhvae.data.cohort import Cohort
 
@@ -127,7 +128,8 @@ def write_model_card(cfg, run_dir: Path, history: Optional[list] = None, best_st
               f"{cfg.train.optimizer} lr {cfg.train.lr} → {cfg.train.lr_min} (cosine), KL weight "
               f"{cfg.train.kl_weight} (warm-up fraction {cfg.train.kl_warmup_fraction}), GAN "
               f"{'weight ' + str(cfg.train.gan.weight) + ' from ' + str(cfg.train.gan.start_fraction) + ' of training' if cfg.train.use_gan else 'off'}, "
-              f"seed {cfg.train.seed}, device {cfg.train.device}, precision {cfg.train.amp}."]
+              f"seed {cfg.train.seed}, device {cfg.train.device}, precision {cfg.train.amp}"
+              + (f" (ran as: {execution})" if execution else "") + "."]
     if train_seconds is not None:
         lines.append(f"- Training time: {train_seconds:.0f} s (wall time of the training loop, over every session).")
     curve, perceptual = read_series(run_dir, "val_psnr"), read_series(run_dir, "val_lpips")

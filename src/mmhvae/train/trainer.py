@@ -593,7 +593,8 @@ def _train_locked(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: 
             from mmhvae.train.model_card import write_model_card
 
             write_model_card(cfg, Path(run_dir), best_step=trainer.best_step, best_score=trainer.best_score,
-                             train_seconds=trainer.train_seconds)
+                             train_seconds=trainer.train_seconds,
+                             execution=trainer.plan.describe() if trainer.plan is not None else None)
         return result
     finally:
         trainer.dist.close()
